@@ -1,0 +1,54 @@
+"""Rotary position embeddings: Wan's 3-D RoPE for video tokens, InfiniteTalk's 1-D RoPE for audio routing.
+
+Both rotate adjacent real pairs (2i, 2i+1) of each head as one complex number. The reference multiplies
+complex float64 tensors; here the angles are computed in float64 and the rotation is done in float32 on
+real pairs, which agrees with it to ~1e-6 and avoids float64 activations on the GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ROPE_THETA = 10000.0
+
+
+def axis_frequencies(slots: int, theta: float = ROPE_THETA) -> torch.Tensor:
+    """Frequencies of one axis with ``slots`` complex pairs: theta^(−j/slots), j < slots -> [slots] f64."""
+    return theta ** (-torch.arange(slots, dtype=torch.float64) / slots)
+
+
+def rope_3d_angles(grid: tuple[int, int, int], split: tuple[int, int, int], device=None) -> torch.Tensor:
+    """Angles for every token of a (frames, rows, columns) grid, tokens in frame-row-column order.
+
+    Each axis owns ``split[a]`` consecutive complex slots with its own table (dimension 2·split[a]), and
+    positions are chunk-local 0..n−1 on every axis. Returns [F·R·C, sum(split)] float64.
+    """
+    parts = []
+    for axis, (n, slots) in enumerate(zip(grid, split)):
+        angle = torch.arange(n, dtype=torch.float64)[:, None] * axis_frequencies(slots)[None]  # [n, slots]
+        shape = [1, 1, 1, slots]
+        shape[axis] = n
+        parts.append(angle.view(shape).expand(*grid, slots))
+    return torch.cat(parts, dim=-1).reshape(-1, sum(split)).to(device)
+
+
+def rope_1d_angles(positions: torch.Tensor, head_dim: int, theta: float = ROPE_THETA) -> torch.Tensor:
+    """Angles of InfiniteTalk's 1-D RoPE (float32 like the reference). positions [..., N] -> [..., N, D/2]."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    return positions.float()[..., None] * inv_freq
+
+
+def cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) in float32 of angles [..., D/2]."""
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x [B, L, H, D] by angles with cos/sin broadcastable to [B, L, 1, D/2].
+
+    Computed in float32, returned in x's dtype.
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    out = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
