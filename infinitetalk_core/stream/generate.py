@@ -1,0 +1,360 @@
+"""The streaming generator: chunk after chunk, conditioned, sampled, decoded, colour-corrected.
+
+``generate_chunks(...)`` validates everything, then returns an iterator of ``ChunkResult``. Per chunk
+(spec §4.2): pick the reference frame by time, build y / context latents / CLIP features, slice the
+audio windows of the chunk's range (speakers stacked; one zero speaker for the null-audio passes), draw
+noise from (seed, chunk index), run the guided flow-Euler sampler with a model function that batches
+the guidance passes into one DiT forward, decode, colour-correct (before the next context frames are
+taken), and yield the plan's kept frames. The carried state is a small dataclass (the last M frames
+after colour correction); APG buffers are fresh per chunk. Give a ``StreamState`` from a job directory
+to resume: noise depends only on (seed, chunk), so a resumed run is bit-identical to an uninterrupted
+one on deterministic hardware.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..audio import chunk_audio_windows
+from ..color import match_colors_signed
+from .conditioning import ChunkConditioning, build_conditioning, encode_context
+from .guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND
+from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
+from .host import ImageEncoder, TextContexts, VideoVAE
+from .plan import ChunkPlan, StreamPlan, latent_frames_for
+from .references import reference_frame_for_chunk
+from .sampler import sample_flow_euler
+from .schedule import flow_timesteps
+from .seeds import chunk_noise
+from .settings import StreamSettings
+from .sources import ReferenceFrames
+from .validation import validate_stream_inputs
+
+log = logging.getLogger(__name__)
+
+# pass name -> (uses the positive prompt, uses the real audio)
+PASS_INPUTS = {
+    COND: (True, True),
+    DROP_TEXT: (False, True),
+    UNCOND: (False, False),
+    DROP_AUDIO: (True, False),
+}
+
+
+@dataclass
+class StreamState:
+    """What the next chunk needs from the previous ones. ``context_pixels``: [3, M, H, W] float32 CPU
+    (the last M frames after colour correction), None before the first chunk."""
+
+    next_chunk: int = 0
+    context_pixels: torch.Tensor | None = None
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"next_chunk": torch.tensor([self.next_chunk], dtype=torch.int64)}
+        if self.context_pixels is not None:
+            out["context_pixels"] = self.context_pixels
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "StreamState":
+        return cls(int(tensors["next_chunk"][0]), tensors.get("context_pixels"))
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One finished chunk. ``frames``: kept frames [3, n, H, W] float32 CPU in [-1, 1] (after colour)."""
+
+    chunk: ChunkPlan
+    num_chunks: int
+    frames: torch.Tensor
+    reference_index: int
+    state: StreamState  # the state after this chunk (persist it to resume)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour
+
+    @property
+    def index(self) -> int:
+        return self.chunk.index
+
+    def frames_uint8(self) -> np.ndarray:
+        """[n, H, W, 3] uint8 ((x+1)/2·255, rounded, clipped)."""
+        from ..video.writer import frames_to_uint8
+
+        return frames_to_uint8(self.frames)
+
+
+def generate_chunks(
+    model: torch.nn.Module,
+    vae: VideoVAE,
+    plan: StreamPlan,
+    references: ReferenceFrames,
+    audio_features: Sequence[torch.Tensor] | torch.Tensor,
+    text: TextContexts,
+    settings: StreamSettings = StreamSettings(),
+    *,
+    image_encoder: ImageEncoder | None = None,
+    ref_target_masks: torch.Tensor | None = None,
+    state: StreamState | None = None,
+    hooks: StreamHooks | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[ChunkResult]:
+    """Validate every input (InputValidationError before any work), then stream the chunks.
+
+    model: InfiniteTalkDiT (or any module with its forward). audio_features: one [T, L, C] tensor per
+    speaker (or [P, T, L, C]) with T == plan.num_audio_frames. ref_target_masks: [3, h, w] (required for
+    two speakers; all ones by default). state: resume from a job directory (default: start at chunk 0).
+    device: where sampling runs (default: the model's parameters' device).
+    """
+    persons = validate_stream_inputs(
+        model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, state
+    )
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    h, w = (s // 8 for s in references.size)
+    masks = torch.ones(3, h, w) if ref_target_masks is None else ref_target_masks.float()
+    return _stream(
+        model,
+        vae,
+        plan,
+        references,
+        persons,
+        text,
+        settings,
+        image_encoder,
+        masks.to(device),
+        state or StreamState(),
+        hooks or StreamHooks(),
+        device,
+    )
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _stream(
+    model, vae, plan, references, persons, text, settings, image_encoder, masks, state, hooks, device
+) -> Iterator[ChunkResult]:
+    timesteps = flow_timesteps(settings.steps, settings.shift)
+    clock = ProgressClock(state.next_chunk, plan.num_chunks, settings.steps)
+    cache: dict[int, ChunkConditioning] = {}  # y and CLIP by reference index (reused while it repeats)
+    try:
+        for chunk in plan.chunks[state.next_chunk :]:
+            result = _generate_chunk(
+                model,
+                vae,
+                plan,
+                chunk,
+                references,
+                persons,
+                text,
+                settings,
+                image_encoder,
+                masks,
+                state,
+                hooks,
+                device,
+                timesteps,
+                clock,
+                cache,
+            )
+            state = result.state
+            if hooks.on_chunk is not None:
+                hooks.on_chunk(
+                    ChunkProgress(chunk.index, plan.num_chunks, result.frames, clock.eta(chunk.index + 1, 0))
+                )
+            yield result
+    finally:  # early stop, interrupt or error: drop device tensors now, not at garbage collection
+        cache.clear()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _reference_index(
+    plan: StreamPlan, chunk: ChunkPlan, references: ReferenceFrames, s: StreamSettings
+) -> int:
+    return reference_frame_for_chunk(
+        chunk,
+        plan.chunk_frames,
+        references.num_frames,
+        references.fps,
+        s.reference_strategy,
+        s.reference_overflow,
+    )
+
+
+def _audio_windows(
+    persons: list[torch.Tensor], plan: StreamPlan, chunk: ChunkPlan, padding: str, device
+) -> torch.Tensor:
+    """[P, F, 5, L, C] windows of the chunk's global frames (speakers stacked)."""
+    windows = chunk_audio_windows(
+        persons, chunk.start, chunk.num_frames, total_frames=plan.num_audio_frames, padding=padding
+    )
+    return windows.to(device=device, dtype=torch.float32)
+
+
+def _colour_reference(plan, chunk, references, settings, reference, state) -> torch.Tensor:
+    """[3, R, H, W] frames whose colour statistics the chunk is matched to (see settings.COLOR_REFERENCES)."""
+    if settings.color_reference == "chunk":
+        return reference[:, None]
+    if settings.color_reference == "previous_tail" and state.context_pixels is not None:
+        return state.context_pixels.to(reference.device)
+    first = _reference_index(plan, plan.chunks[0], references, settings)
+    return references.frame(first).to(reference.device)[:, None]
+
+
+def _generate_chunk(
+    model,
+    vae,
+    plan,
+    chunk,
+    references,
+    persons,
+    text,
+    settings,
+    image_encoder,
+    masks,
+    state,
+    hooks,
+    device,
+    timesteps,
+    clock,
+    cache,
+) -> ChunkResult:
+    timings = {"vae": 0.0, "dit": 0.0, "colour": 0.0}  # vae: conditioning (encodes, CLIP, audio) + decode
+    t0 = _sync(device)
+    ref_index = _reference_index(plan, chunk, references, settings)
+    reference = references.frame(ref_index).to(device=device, dtype=torch.float32)
+    context_pixels = reference[:, None] if chunk.is_first else state.context_pixels.to(device)
+    if ref_index in cache:
+        cached = cache[ref_index]
+        y, clip = cached.y, cached.clip_features
+        context = encode_context(vae, context_pixels)
+    else:
+        cond = build_conditioning(vae, reference, context_pixels, plan.chunk_frames, image_encoder)
+        cache.clear()
+        cache[ref_index] = cond
+        y, clip, context = cond.y, cond.clip_features, cond.context_latents
+    audio = _audio_windows(persons, plan, chunk, settings.audio_padding, device)
+    positive, negative = text.for_chunk(chunk.index)
+    t1 = _sync(device)
+    timings["vae"] += t1 - t0
+
+    model_fn = make_model_fn(
+        model,
+        y.to(device),
+        None if clip is None else clip.to(device),
+        audio,
+        positive.to(device),
+        negative.to(device),
+        masks,
+        settings.batch_passes,
+    )
+    h, w = y.shape[-2:]
+    noise = chunk_noise((16, latent_frames_for(plan.chunk_frames), h, w), settings.seed, chunk.index, device)
+    latents = sample_flow_euler(
+        model_fn,
+        noise,
+        timesteps,
+        context.to(device),
+        settings.guidance,
+        _step_callback(hooks, clock, chunk.index, plan.num_chunks),
+    )
+    t2 = _sync(device)
+    timings["dit"] = t2 - t1
+
+    pixels = vae.decode(latents).float()
+    t3 = _sync(device)
+    timings["vae"] += t3 - t2
+    if settings.colour_enabled:
+        target = _colour_reference(plan, chunk, references, settings, reference, state)
+        pixels = match_colors_signed(
+            pixels, target.to(pixels.device), settings.color_method, settings.color_strength
+        )
+    t4 = _sync(device)
+    timings["colour"] = t4 - t3
+
+    # the next chunk's context: the last M frames of the whole chunk, after colour correction
+    next_context = pixels[:, -plan.context_frames :].detach().to("cpu", torch.float32).clone()
+    kept = pixels[:, chunk.keep_start : chunk.keep_stop].detach().to("cpu", torch.float32)
+    new_state = StreamState(chunk.index + 1, next_context)
+    log.debug(
+        "chunk %d/%d: %s", chunk.index + 1, plan.num_chunks, {k: round(v, 3) for k, v in timings.items()}
+    )
+    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings)
+
+
+def _step_callback(hooks: StreamHooks, clock: ProgressClock, chunk: int, num_chunks: int):
+    def callback(info: dict) -> None:
+        step = info["step"] + 1
+        if hooks.on_step is not None:
+            hooks.on_step(
+                StepProgress(
+                    chunk,
+                    num_chunks,
+                    step,
+                    info["total"],
+                    clock.fraction(chunk, step),
+                    clock.eta(chunk, step),
+                    info["denoised"],
+                )
+            )
+        if hooks.check_interrupt is not None and step < info["total"] and hooks.check_interrupt():
+            raise GenerationInterrupted(
+                f"Stopped at chunk {chunk + 1}/{num_chunks}, step {step}.",
+                "Run again with the same inputs to resume after the last finished chunk.",
+            )
+
+    return callback
+
+
+def make_model_fn(
+    model,
+    y: torch.Tensor,
+    clip: torch.Tensor | None,
+    audio: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    masks: torch.Tensor,
+    batch_passes: bool = True,
+):
+    """The sampler's ``model_fn(x, t, passes) -> {pass: v}`` for one chunk.
+
+    x [16, T, h, w]; y [20, T, h, w]; clip [1, 257, D]; audio [P, F, 5, L, C]. The null-audio passes
+    get one zero speaker [1, F, 5, L, C] (reference). ``batch_passes`` runs all requested passes in one
+    forward (B = number of passes); otherwise one forward per pass.
+    """
+    null_audio = torch.zeros_like(audio[:1])
+
+    def inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        use_prompt, use_audio = PASS_INPUTS[name]
+        return (positive if use_prompt else negative), (audio if use_audio else null_audio)
+
+    def forward(x: torch.Tensor, t: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        contexts, audios = zip(*(inputs(n) for n in names))
+        batch = x.unsqueeze(0).expand(len(names), *x.shape)
+        return model(
+            batch,
+            t.expand(len(names)),
+            list(contexts),
+            clip_fea=clip,
+            y=y.unsqueeze(0),
+            audio=list(audios),
+            ref_target_masks=masks,
+        )
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, passes: Sequence[str]) -> dict[str, torch.Tensor]:
+        if batch_passes:
+            return dict(zip(passes, forward(x, t, passes).unbind(0)))
+        return {name: forward(x, t, [name])[0] for name in passes}
+
+    return model_fn
+
+
+__all__ = ["ChunkResult", "StreamState", "generate_chunks", "make_model_fn", "PASS_INPUTS"]

@@ -1,0 +1,79 @@
+"""Every knob of a streaming run in one frozen dataclass, validated before any work starts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..color import COLOR_METHODS as _MATCH_METHODS
+from ..color import COLOR_REFERENCES as _MATCH_REFERENCES
+from ..errors import InputValidationError
+from .guidance import GuidanceConfig
+from .references import OVERFLOW_MODES, REFERENCE_STRATEGIES
+from .schedule import flow_timesteps
+from .seeds import chunk_seed
+
+COLOR_METHODS = ("none", *_MATCH_METHODS)  # none, lab (reference), histogram, mkl
+# first: the first chunk's reference frame, fixed for the whole video (reference behaviour);
+# chunk: each chunk's own reference frame (right for V2V, where the source changes);
+# previous_tail: the previous chunk's last M frames after correction (first chunk: its reference).
+COLOR_REFERENCES = _MATCH_REFERENCES
+AUDIO_PADDINGS = ("mirror", "silence")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Sampling, colour and reference settings. Defaults are the reference CLI's at 480p."""
+
+    steps: int = 40
+    shift: float = 7.0
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    seed: int = 42
+    color_method: str = "lab"
+    color_strength: float = 1.0
+    color_reference: str = "first"
+    reference_strategy: str = "chunk_start"
+    reference_overflow: str = "hold"
+    audio_padding: str = "mirror"
+    batch_passes: bool = True  # evaluate the guidance passes of a step in one batched DiT forward
+
+    def validate(self) -> None:
+        """Raise InputValidationError naming the first bad setting (cheap; no model needed)."""
+        flow_timesteps(self.steps, self.shift)
+        chunk_seed(self.seed, 0)
+        if not isinstance(self.guidance, GuidanceConfig):
+            raise InputValidationError(
+                f"guidance must be a GuidanceConfig, got {type(self.guidance).__name__}.",
+                "Build it with GuidanceConfig(text_scale=..., audio_scale=...).",
+            )
+        _choice("color_method", self.color_method, COLOR_METHODS)
+        _choice("color_reference", self.color_reference, COLOR_REFERENCES)
+        _choice("reference_strategy", self.reference_strategy, REFERENCE_STRATEGIES)
+        _choice("reference_overflow", self.reference_overflow, OVERFLOW_MODES)
+        _choice("audio_padding", self.audio_padding, AUDIO_PADDINGS)
+        s = self.color_strength
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0 <= s <= 1:
+            raise InputValidationError(
+                f"color_strength must be in [0, 1], got {s!r}.",
+                "Use 1.0 (reference default) for full correction, 0 to disable it.",
+            )
+        if not isinstance(self.batch_passes, bool):
+            raise InputValidationError(
+                f"batch_passes must be True or False, got {self.batch_passes!r}.", "Pass a boolean."
+            )
+
+    @property
+    def colour_enabled(self) -> bool:
+        return self.color_method != "none" and self.color_strength > 0
+
+    def to_json(self) -> dict:
+        """Plain dict for job manifests (every field, guidance included)."""
+        return asdict(self)
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputValidationError(
+            f"{name} must be one of {', '.join(choices)}; got {value!r}.",
+            f"Pick one of: {', '.join(choices)}.",
+        )

@@ -1,0 +1,228 @@
+"""Encode frames into an H.264 mp4 with the original audio, streaming through ffmpeg's stdin.
+
+Frames are written as raw rgb24 as they arrive (memory: one batch), encoded as H.264 yuv420p at 25 fps
+and muxed with the *original* audio track (a file path, or a waveform written to a temporary float PCM
+file) as AAC, trimmed or silence-padded to exactly ``frame_count / fps`` seconds. The file appears
+under its final name only once ffmpeg has finished (temporary name + atomic rename).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+import torch
+
+from ..errors import FFmpegError, InputValidationError
+from .ffmpeg import ffmpeg_exe, stderr_tail
+
+log = logging.getLogger(__name__)
+
+Waveform = Union[np.ndarray, torch.Tensor]
+AudioSource = Union[str, Path, tuple[Waveform, int], None]  # path, (waveform, sample_rate) or no audio
+
+
+def _waveform_to_f32le(waveform: Waveform, sample_rate: int, folder: Path) -> tuple[Path, int]:
+    """[N], [C, N] or ComfyUI's [1, C, N] -> interleaved float32 file; returns (path, channels)."""
+    w = (
+        waveform.detach().cpu().float().numpy()
+        if isinstance(waveform, torch.Tensor)
+        else np.asarray(waveform)
+    )
+    if w.ndim == 3 and w.shape[0] == 1:
+        w = w[0]
+    if w.ndim == 1:
+        w = w[None]
+    if w.ndim != 2 or w.shape[1] == 0 or w.shape[0] > 8:
+        raise InputValidationError(
+            f"Audio waveform has shape {tuple(waveform.shape)}; expected [N] or [C, N].",
+            "Pass the original track as [channels, samples].",
+        )
+    if not (isinstance(sample_rate, int) and sample_rate > 0):
+        raise InputValidationError(
+            f"Audio sample rate {sample_rate!r} is not a positive integer.",
+            "Pass the waveform's sample rate in Hz.",
+        )
+    fd, name = tempfile.mkstemp(suffix=".f32", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(np.ascontiguousarray(w.T, dtype="<f4").tobytes())
+    return Path(name), w.shape[0]
+
+
+class Mp4Writer:
+    """Stream uint8 frames [N, H, W, 3] into ``path``; ``close()`` checks the count and publishes the file."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        width: int,
+        height: int,
+        frame_count: int,
+        audio: AudioSource = None,
+        fps: Fraction | int = 25,
+        crf: int = 19,
+        preset: str = "medium",
+    ):
+        if width % 2 or height % 2 or width <= 0 or height <= 0:
+            raise InputValidationError(
+                f"Video size {width}x{height} is not even; yuv420p needs even sizes.",
+                "Use a width and height divisible by 2 (buckets are multiples of 16).",
+            )
+        if frame_count < 1:
+            raise InputValidationError(f"frame_count is {frame_count}.", "Write at least one frame.")
+        self.path, self.size, self.frame_count = Path(path), (height, width), frame_count
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.written = 0
+        self._temps: list[Path] = []
+        fd, tmp = tempfile.mkstemp(suffix=".part.mp4", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        seconds = f"{float(Fraction(frame_count) / Fraction(fps)):.6f}"
+        args = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
+        args += self._audio_input(audio)
+        args += [
+            "-map",
+            "0:v:0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            preset,
+            "-crf",
+            str(crf),
+            "-pix_fmt",
+            "yuv420p",
+            "-r",
+            str(fps),
+        ]
+        if audio is not None:
+            # exact length: cut the audio at the last frame's end, pad with silence if it is shorter
+            args += [
+                "-map",
+                "1:a:0",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "192k",
+                "-af",
+                f"atrim=end={seconds},apad=whole_dur={seconds}",
+            ]
+        args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(self._tmp)]
+        self._log = tempfile.TemporaryFile()  # stderr to a file: a full pipe would deadlock the encoder
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
+        log.debug("ffmpeg: %s", " ".join(cmd))
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)
+
+    def _audio_input(self, audio: AudioSource) -> list[str]:
+        if audio is None:
+            return []
+        if isinstance(audio, (str, Path)):
+            if not Path(audio).is_file():
+                raise InputValidationError(f"Audio file '{audio}' does not exist.", "Check the path.")
+            return ["-i", str(audio)]
+        waveform, rate = audio
+        raw, channels = _waveform_to_f32le(waveform, rate, self.path.parent)
+        self._temps.append(raw)
+        return ["-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-i", str(raw)]
+
+    def write(self, frames: np.ndarray | torch.Tensor) -> None:
+        """Append uint8 frames [N, H, W, 3] (or one frame [H, W, 3])."""
+        if isinstance(frames, torch.Tensor):
+            frames = frames.detach().cpu().numpy()
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.shape[1:] != (*self.size, 3):
+            raise InputValidationError(
+                f"Frames of dtype {frames.dtype} and shape {frames.shape[1:]} do not match the writer "
+                f"({self.size[0]}x{self.size[1]}x3 uint8).",
+                "Convert with frames_to_uint8 first.",
+            )
+        if self.written + len(frames) > self.frame_count:
+            raise InputValidationError(
+                f"More than the announced {self.frame_count} frames were written.",
+                "Pass the final frame count to Mp4Writer.",
+            )
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError as exc:
+            self.abort()
+            raise FFmpegError(
+                f"ffmpeg stopped while encoding: {self._stderr()}",
+                "Check the disk space and the output path.",
+            ) from exc
+        self.written += len(frames)
+
+    def _stderr(self) -> str:
+        self._log.seek(0)
+        return stderr_tail(self._log.read())
+
+    def _cleanup(self) -> None:
+        for p in self._temps:
+            p.unlink(missing_ok=True)
+        self._log.close()
+
+    def abort(self) -> None:
+        """Stop ffmpeg and remove the partial file (used on errors and early stops)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._tmp.unlink(missing_ok=True)
+        self._cleanup()
+
+    def close(self) -> Path:
+        if self.written != self.frame_count:
+            self.abort()
+            raise InputValidationError(
+                f"{self.written} frames were written, {self.frame_count} announced.",
+                "Write exactly frame_count frames before close().",
+            )
+        self._proc.stdin.close()
+        code = self._proc.wait()
+        if code != 0:
+            message = self._stderr()
+            self._tmp.unlink(missing_ok=True)
+            self._cleanup()
+            raise FFmpegError(
+                f"ffmpeg failed to encode '{self.path}': {message}",
+                "Check the audio input and the free disk space.",
+            )
+        os.replace(self._tmp, self.path)
+        self._cleanup()
+        return self.path
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_mp4(
+    path: str | Path,
+    batches: Iterable[np.ndarray],
+    frame_count: int,
+    width: int,
+    height: int,
+    audio: AudioSource = None,
+    fps: Fraction | int = 25,
+    crf: int = 19,
+) -> Path:
+    """Encode an iterable of uint8 frame batches [n, H, W, 3] (streamed, never concatenated)."""
+    with Mp4Writer(path, width, height, frame_count, audio=audio, fps=fps, crf=crf) as writer:
+        for batch in batches:
+            writer.write(batch)
+    return Path(path)
+
+
+def frames_to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], rounding as the reference ((x+1)/2*255, clip)."""
+    x = ((pixels.detach().float().cpu() + 1.0) * 127.5).clamp(0, 255)
+    return x.round().to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
