@@ -1,0 +1,112 @@
+"""Audio Encode node: one or two speakers' AUDIO -> wav2vec2 features at 25 fps (+ the track to mux)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .common import AUDIO_FEATURES_TYPE, CATEGORY, WAV2VEC_TYPE, coded_errors, require
+
+MULTI_MODES = ("para", "add")
+
+
+@dataclass
+class AudioFeatures:
+    """What flows on an INFINITETALK_AUDIO_FEATURES socket.
+
+    ``features``: per speaker [N, layers, width] at 25 fps (N = ``num_frames``); ``mix``: the combined
+    track as a ComfyUI AUDIO dict (what Video Combine should mux); ``boxes``: optional per-speaker
+    (top, left, bottom, right) boxes in source pixels (from the masks), else automatic halves.
+    """
+
+    features: list[torch.Tensor]
+    num_frames: int
+    mix: dict
+    boxes: list[tuple[int, int, int, int]] | None = None
+    fingerprint: str = ""
+
+    @property
+    def num_speakers(self) -> int:
+        return len(self.features)
+
+
+def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """MASK [H, W] or [1, H, W] -> (top, left, bottom, right) of its non-zero area (half-open)."""
+    m = mask.reshape(mask.shape[-2:]) > 0.5
+    rows, cols = torch.nonzero(m.any(1)).flatten(), torch.nonzero(m.any(0)).flatten()
+    if len(rows) == 0:
+        from ..infinitetalk_core.errors import InputValidationError
+
+        raise InputValidationError("A speaker mask is empty.", "Paint the speaker's face/body region in the mask.")
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+class InfiniteTalkAudioEncode:
+    DESCRIPTION = (
+        "Encodes speech with wav2vec2 into per-frame features (25 fps) for the whole track, once. "
+        "A second speaker is mixed in 'para' (talking at the same time) or 'add' (one after the other)."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = (AUDIO_FEATURES_TYPE, "AUDIO", "INT", "FLOAT")
+    RETURN_NAMES = ("audio_features", "audio", "num_frames", "seconds")
+    OUTPUT_TOOLTIPS = ("Features for the Streaming Sampler.",
+                       "The track to mux (the speakers combined at the original sample rate).",
+                       "Video length in frames at 25 fps (= the output length).",
+                       "Audio length in seconds.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "wav2vec": (WAV2VEC_TYPE, {"tooltip": "The encoder from Wav2Vec Loader."}),
+                "audio": ("AUDIO", {"tooltip": "Speech of speaker 1 (any length, any sample rate)."}),
+                "normalize_loudness": ("BOOLEAN", {"default": True, "tooltip":
+                                       "Normalise each track to -23 LUFS before encoding, as the reference "
+                                       "does (the muxed audio is left untouched)."}),
+            },
+            "optional": {
+                "audio_2": ("AUDIO", {"tooltip": "Speech of speaker 2 (optional)."}),
+                "multi_mode": (list(MULTI_MODES), {"default": "para", "tooltip":
+                               "para: both tracks play at the same time (mixed by summing); add: speaker 2 "
+                               "talks after speaker 1 (tracks concatenated)."}),
+                "mask_1": ("MASK", {"tooltip": "Region of speaker 1 in the reference image (its bounding box "
+                                    "is used). Without masks: left half = speaker 1, right half = speaker 2."}),
+                "mask_2": ("MASK", {"tooltip": "Region of speaker 2 in the reference image."}),
+            },
+        }
+
+    @coded_errors("encoding the audio")
+    def encode(self, wav2vec, audio, normalize_loudness, audio_2=None, multi_mode="para",
+               mask_1=None, mask_2=None):
+        from ..infinitetalk_core.audio import encode_audio_features
+
+        tracks, mix = speaker_tracks(audio, audio_2, multi_mode, normalize_loudness)
+        features = [encode_audio_features(wav2vec.encoder, t) for t in tracks]
+        boxes = None
+        if audio_2 is not None and (mask_1 is not None or mask_2 is not None):
+            require(mask_1 is not None and mask_2 is not None, "Only one speaker mask was given.",
+                    "Connect both mask_1 and mask_2, or neither (automatic left/right halves).")
+            boxes = [mask_box(mask_1), mask_box(mask_2)]
+        frames = int(features[0].shape[0])
+        from ..infinitetalk_core.stream.host import tensor_digest
+
+        feats = AudioFeatures(features, frames, mix, boxes, "|".join(tensor_digest(f) for f in features))
+        return (feats, mix, frames, frames / 25.0)
+
+
+def speaker_tracks(audio, audio_2, mode: str, normalize: bool):
+    """AUDIO (+ AUDIO) -> (16 kHz mono tracks to encode, AUDIO to mux).
+
+    One speaker muxes the original AUDIO untouched; two speakers mux their 16 kHz combination (sum for
+    para, concatenation for add), as the reference does.
+    """
+    from ..infinitetalk_core.audio import audio_from_comfy, combine_speakers, prepare_waveform
+
+    first = prepare_waveform(*audio_from_comfy(audio), normalize=normalize)
+    if audio_2 is None:
+        return [first], audio
+    second = prepare_waveform(*audio_from_comfy(audio_2), normalize=normalize)
+    combined = combine_speakers(first, second, mode)
+    mix = {"waveform": torch.from_numpy(combined.mix.copy())[None, None], "sample_rate": 16000}
+    return list(combined.tracks), mix

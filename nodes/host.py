@@ -1,0 +1,304 @@
+"""The one place that talks to ComfyUI; everything else in the pack goes through ``get_host()``.
+
+Two hosts with the same small surface:
+
+- ``ComfyHost`` (inside ComfyUI): models are built with ``comfy.ops`` layers, wrapped in
+  ``comfy.model_patcher.CoreModelPatcher`` (looked up at call time: ComfyUI rebinds it for dynamic
+  VRAM) and loaded with ``model_management.load_models_gpu`` before each use, so ComfyUI decides what
+  stays on the GPU; LoRAs become patcher weight patches; progress is a ``comfy.utils.ProgressBar`` with
+  a JPEG preview per chunk; ``check_interrupt`` is ComfyUI's own check; model lists come from
+  ``folder_paths``.
+- ``TorchHost`` (CI, scripts): plain torch devices, tqdm progress, models from
+  ``$INFINITETALK_MODELS_DIR/<folder>`` (the same folder names as ComfyUI's ``models/``).
+
+ComfyUI is imported lazily, only when it is already importable, so the pack imports without it.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".pt", ".pth", ".bin", ".ckpt", ".gguf")
+MODELS_DIR_ENV = "INFINITETALK_MODELS_DIR"
+PROGRESS_EVENT = "infinitetalk.progress"
+HOST_ENV = "INFINITETALK_HOST"  # "torch" forces the plain host even inside ComfyUI (debugging)
+
+
+@dataclass
+class ManagedModel:
+    """A module plus what the host needs to place it: ComfyUI's patcher, or nothing (plain torch)."""
+
+    module: torch.nn.Module
+    patcher: Any = None
+    info: dict = field(default_factory=dict)
+
+
+class TorchHost:
+    """Plain-torch services: CUDA if present, else CPU; tqdm progress; files from an env folder."""
+
+    name = "torch"
+
+    def compute_device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def offload_device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def models_dir(self) -> Path:
+        return Path(os.environ.get(MODELS_DIR_ENV, "models")).expanduser()
+
+    def model_list(self, folder: str) -> list[str]:
+        root = self.models_dir() / folder
+        if not root.is_dir():
+            return []
+        return sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and p.suffix.lower() in MODEL_EXTENSIONS
+        )
+
+    def model_path(self, folder: str, name: str) -> str | None:
+        path = self.models_dir() / folder / name
+        return str(path) if path.is_file() else None
+
+    def folder_roots(self, folder: str) -> list[Path]:
+        return [self.models_dir() / folder]
+
+    def model_dirs(self, folder: str) -> list[str]:
+        """Sub-folders holding a Hugging Face model (a config.json), e.g. chinese-wav2vec2-base."""
+        names = set()
+        for root in self.folder_roots(folder):
+            if root.is_dir():
+                names.update(p.parent.relative_to(root).as_posix() for p in root.rglob("config.json")
+                             if p.parent != root)
+        return sorted(names)
+
+    def model_dir_path(self, folder: str, name: str) -> str | None:
+        for root in self.folder_roots(folder):
+            if (root / name / "config.json").is_file():
+                return str(root / name)
+        return None
+
+    def output_dir(self) -> Path:
+        return Path(os.environ.get("INFINITETALK_OUTPUT_DIR", "output")).expanduser()
+
+    def temp_dir(self) -> Path:
+        return Path(os.environ.get("INFINITETALK_TEMP_DIR", self.output_dir() / "temp")).expanduser()
+
+    def operations(self, weight_dtype: torch.dtype | None) -> Any:
+        return torch.nn  # the core's default layers
+
+    def manage(self, module: torch.nn.Module, info: dict | None = None) -> ManagedModel:
+        return ManagedModel(module, None, dict(info or {}))
+
+    def add_weight_patches(self, model: ManagedModel, lora: Any, strength: float) -> ManagedModel:
+        """Plain torch: merge the LoRA (a core ``LoraPatchSet``) into the weights in place."""
+        from ..infinitetalk_core.model.lora import merge_lora
+
+        merge_lora(model.module, lora, strength)
+        return model
+
+    def load_for_use(self, models: list[ManagedModel], device: torch.device | None = None) -> torch.device:
+        device = device or self.compute_device()
+        for m in models:
+            m.module.to(device)
+        return device
+
+    def release(self, models: list[ManagedModel]) -> None:
+        for m in models:
+            m.module.to(self.offload_device())
+
+    def progress(self, total: int, node_id: str | None = None) -> Progress:
+        return TqdmProgress(total)
+
+    def check_interrupt(self) -> None:
+        return None
+
+    def send_progress(self, data: dict, node_id: str | None = None) -> None:
+        log.debug("progress %s", data)
+
+    def is_interrupt(self, exc: BaseException) -> bool:
+        return isinstance(exc, KeyboardInterrupt)
+
+    def wrap_video_file(self, path: str) -> Any:
+        return VideoFile(path)
+
+
+class ComfyHost(TorchHost):
+    """ComfyUI's model management, file registry, progress bar and interrupt check."""
+
+    name = "comfyui"
+
+    def __init__(self, mm, folder_paths):
+        self.mm = mm
+        self.folder_paths = folder_paths
+
+    def compute_device(self) -> torch.device:
+        return self.mm.get_torch_device()
+
+    def offload_device(self) -> torch.device:
+        return self.mm.unet_offload_device()
+
+    def model_list(self, folder: str) -> list[str]:
+        try:
+            return list(self.folder_paths.get_filename_list(folder))
+        except KeyError:
+            return []
+
+    def model_path(self, folder: str, name: str) -> str | None:
+        return self.folder_paths.get_full_path(folder, name)
+
+    def folder_roots(self, folder: str) -> list[Path]:
+        try:
+            return [Path(p) for p in self.folder_paths.get_folder_paths(folder)]
+        except KeyError:
+            return []
+
+    def output_dir(self) -> Path:
+        return Path(self.folder_paths.get_output_directory())
+
+    def temp_dir(self) -> Path:
+        return Path(self.folder_paths.get_temp_directory())
+
+    def operations(self, weight_dtype: torch.dtype | None) -> Any:
+        """``comfy.ops`` layers: weights stay in their storage dtype and are cast at use.
+
+        manual_cast works for every storage dtype (fp8 included) and lets the patcher stream layers
+        to the GPU (every weighted layer must be a comfy.ops layer for partial offload).
+        """
+        return importlib.import_module("comfy.ops").manual_cast
+
+    def manage(self, module: torch.nn.Module, info: dict | None = None) -> ManagedModel:
+        patcher_mod = importlib.import_module("comfy.model_patcher")
+        core_patcher = patcher_mod.CoreModelPatcher  # rebound at startup for dynamic VRAM
+        patcher = core_patcher(module, load_device=self.compute_device(), offload_device=self.offload_device())
+        return ManagedModel(module, patcher, dict(info or {}))
+
+    def add_weight_patches(self, model: ManagedModel, lora: Any, strength: float) -> ManagedModel:
+        """ComfyUI: the LoRA becomes patcher weight patches (applied when the patcher loads the model)."""
+        adapter = getattr(importlib.import_module("comfy.weight_adapter"), "LoRAAdapter", None)
+        patches = lora.comfy_patches(lora_adapter=adapter, key_prefix="")  # the patcher wraps the DiT itself
+        patcher = model.patcher.clone()
+        applied = patcher.add_patches(patches, strength)
+        missing = len(patches) - len(applied)
+        if missing:
+            log.warning("LoRA: %d of %d patched keys are not in the model", missing, len(patches))
+        return ManagedModel(patcher.model, patcher, dict(model.info))
+
+    def load_for_use(self, models: list[ManagedModel], device: torch.device | None = None) -> torch.device:
+        patchers = [m.patcher for m in models if m.patcher is not None]
+        if patchers:
+            self.mm.load_models_gpu(patchers)
+            return patchers[0].load_device
+        return super().load_for_use(models, device)
+
+    def release(self, models: list[ManagedModel]) -> None:
+        self.mm.soft_empty_cache()  # ComfyUI decides when to offload; we only drop caches
+
+    def progress(self, total: int, node_id: str | None = None) -> Progress:
+        bar = importlib.import_module("comfy.utils").ProgressBar(total, node_id=node_id)
+        return ComfyProgress(bar, self)
+
+    def check_interrupt(self) -> None:
+        self.mm.throw_exception_if_processing_interrupted()
+
+    def send_progress(self, data: dict, node_id: str | None = None) -> None:
+        """Websocket event ``infinitetalk.progress`` for js/ (chunk i of N, ETA)."""
+        server = getattr(importlib.import_module("server").PromptServer, "instance", None)
+        if server is not None:
+            server.send_sync(PROGRESS_EVENT, {**data, "node": node_id}, server.client_id)
+
+    def is_interrupt(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.mm.InterruptProcessingException)
+
+    def wrap_video_file(self, path: str) -> Any:
+        try:
+            from comfy_api.latest import InputImpl  # native VIDEO: SaveVideo / GetVideoComponents
+            return InputImpl.VideoFromFile(path)
+        except ImportError:  # older ComfyUI without the VIDEO type
+            return VideoFile(path)
+
+
+class Progress:
+    """``update(done, preview=None)``: ``done`` of ``total`` units; ``preview`` a PIL image or None."""
+
+    total: int
+
+    def update(self, done: int, preview: Any = None) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+class TqdmProgress(Progress):
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.total = total
+        self.bar = tqdm(total=total, desc="InfiniteTalk", leave=False, disable=None)
+
+    def update(self, done: int, preview: Any = None) -> None:
+        self.bar.n = min(done, self.total)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class ComfyProgress(Progress):
+    def __init__(self, bar, host: ComfyHost):
+        self.bar, self.host, self.total = bar, host, bar.total
+
+    def update(self, done: int, preview: Any = None) -> None:
+        shown = ("JPEG", preview, 512) if preview is not None else None
+        self.bar.update_absolute(min(done, self.total), self.total, shown)
+        self.host.check_interrupt()  # throttled bar updates skip the server's own check
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """A finished video on disk: what Video Combine returns when ComfyUI's VIDEO type is absent."""
+
+    path: str
+
+    def get_stream_source(self) -> str:  # the name ComfyUI's VideoInput uses for "where the bytes are"
+        return self.path
+
+
+_HOST: TorchHost | None = None
+
+
+def _comfy_modules() -> tuple[Any, Any] | None:
+    if os.environ.get(HOST_ENV, "").lower() == "torch":
+        return None
+    try:
+        mm = importlib.import_module("comfy.model_management")
+        folder_paths = importlib.import_module("folder_paths")
+    except ImportError:
+        return None
+    return mm, folder_paths
+
+
+def get_host() -> TorchHost:
+    """ComfyHost when running inside ComfyUI, else TorchHost (decided once per process)."""
+    global _HOST
+    if _HOST is None:
+        found = _comfy_modules()
+        _HOST = ComfyHost(*found) if found else TorchHost()
+        log.debug("InfiniteTalk host: %s", _HOST.name)
+    return _HOST
+
+
+def set_host(host: TorchHost | None) -> None:
+    """Replace the process-wide host (tests; ``None`` re-detects on next use)."""
+    global _HOST
+    _HOST = host

@@ -1,0 +1,174 @@
+"""Model Loader (Wan DiT + InfiniteTalk audio weights + LoRAs) and Wav2Vec Loader nodes.
+
+Both only resolve file names through the host and call one core loader; the returned objects carry the
+host's model handle so ComfyUI can place and offload them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..infinitetalk_core.model.attention import BACKENDS as ATTENTION_BACKENDS
+from .common import CATEGORY, MODEL_TYPE, WAV2VEC_TYPE, coded_errors, require
+from .host import ManagedModel, get_host
+
+NONE = "none"
+MERGED = "none (already in the base file)"
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FP8_MODES = ("keep", "dequantize")
+WAV2VEC_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class InfiniteTalkModel:
+    """What flows on an INFINITETALK_MODEL socket: the managed DiT and how it was built."""
+
+    managed: ManagedModel
+    config: Any
+    attention: str
+    files: tuple[str, ...]
+    loras: tuple[tuple[str, float], ...] = ()
+    report: Any = None
+
+
+@dataclass
+class Wav2VecEncoder:
+    """What flows on an INFINITETALK_WAV2VEC socket."""
+
+    encoder: Any
+    path: str
+    dtype: torch.dtype
+    info: dict = field(default_factory=dict)
+
+
+def _path(folder: str, name: str, what: str) -> str:
+    path = get_host().model_path(folder, name)
+    require(
+        path is not None,
+        f"{what} file {name!r} was not found in the '{folder}' model folder.",
+        f"Put the file into ComfyUI/models/{folder}/ (run `python -m infinitetalk_core.doctor` to check "
+        "which file is which) and press R in the editor to refresh the lists.",
+    )
+    return path
+
+
+def _choices(folder: str, *extra: str) -> list[str]:
+    return [*extra, *get_host().model_list(folder)]
+
+
+class InfiniteTalkModelLoader:
+    DESCRIPTION = (
+        "Loads the Wan2.1 I2V-14B DiT with InfiniteTalk's audio layers (from the separate InfiniteTalk "
+        "file or already merged), optional LoRAs, in the chosen storage dtype. ComfyUI manages its VRAM."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The InfiniteTalk DiT, ready for the Streaming Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        loras = _choices("loras", NONE)
+        return {
+            "required": {
+                "base_model": (_choices("diffusion_models"), {
+                    "tooltip": "Wan2.1 I2V-14B DiT (models/diffusion_models), e.g. "
+                               "wan2.1_i2v_480p_14B_fp16.safetensors or an fp8-scaled file."}),
+                "infinitetalk_model": (_choices("model_patches", MERGED), {
+                    "tooltip": "InfiniteTalk audio weights (models/model_patches), e.g. "
+                               "wan2.1_infiniteTalk_single_fp16.safetensors. Choose 'none' only if the base "
+                               "file already contains the audio layers."}),
+                "weight_dtype": (list(WEIGHT_DTYPES), {
+                    "default": "bf16",
+                    "tooltip": "dtype of the DiT weights and of its computation (bf16 as the reference; "
+                               "fp32 only for CPU debugging)."}),
+                "fp8_weights": (list(FP8_MODES), {
+                    "default": "keep",
+                    "tooltip": "For fp8 (scaled) files: keep = weights stay fp8 in memory (half the "
+                               "VRAM/RAM), dequantize = converted to weight_dtype at load."}),
+                "attention": (list(ATTENTION_BACKENDS), {
+                    "default": "auto",
+                    "tooltip": "Attention kernel: auto = flash-attn on CUDA when installed, else PyTorch "
+                               "SDPA. sage is faster but approximate; xformers needs CUDA."}),
+            },
+            "optional": {
+                "lora_1": (loras, {"default": NONE, "tooltip": "Optional LoRA (models/loras), e.g. the "
+                                   "lightx2v step-distill LoRA for 4-8 step sampling."}),
+                "strength_1": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                         "tooltip": "Strength of lora_1 (1.0 = as trained)."}),
+                "lora_2": (loras, {"default": NONE, "tooltip": "A second optional LoRA (models/loras)."}),
+                "strength_2": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                         "tooltip": "Strength of lora_2 (1.0 = as trained)."}),
+            },
+        }
+
+    @coded_errors("loading the InfiniteTalk model")
+    def load(self, base_model, infinitetalk_model, weight_dtype, fp8_weights, attention,
+             lora_1=NONE, strength_1=1.0, lora_2=NONE, strength_2=1.0):
+        from ..infinitetalk_core.model.loading import load_infinitetalk_model
+
+        host = get_host()
+        base = _path("diffusion_models", base_model, "Base DiT")
+        audio = None if infinitetalk_model == MERGED else _path("model_patches", infinitetalk_model, "InfiniteTalk")
+        loras = tuple((_path("loras", n, "LoRA"), float(s))
+                      for n, s in ((lora_1, strength_1), (lora_2, strength_2)) if n and n != NONE and s != 0)
+        model, report = load_infinitetalk_model(
+            base, audio, dtype=WEIGHT_DTYPES[weight_dtype], device=host.offload_device(),
+            operations=host.operations(WEIGHT_DTYPES[weight_dtype]), fp8_mode=fp8_weights,
+        )
+        model.attention_backend = attention
+        managed = _apply_loras(host, host.manage(model, {"kind": "infinitetalk_dit"}), loras)
+        files = (base,) if audio is None else (base, audio)
+        return (InfiniteTalkModel(managed, model.config, attention, files, loras, report),)
+
+
+def _apply_loras(host, managed: ManagedModel, loras) -> ManagedModel:
+    """ComfyUI: patcher weight patches (unpatched on unload); plain torch: merged in place."""
+    from ..infinitetalk_core.model.lora import load_lora
+
+    shapes = {k: tuple(v.shape) for k, v in managed.module.state_dict().items()} if loras else {}
+    for path, strength in loras:
+        managed = host.add_weight_patches(managed, load_lora(path, target_shapes=shapes), strength)
+    return managed
+
+
+class InfiniteTalkWav2VecLoader:
+    DESCRIPTION = "Loads the wav2vec2 speech encoder InfiniteTalk was trained with (chinese-wav2vec2-base)."
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (WAV2VEC_TYPE,)
+    RETURN_NAMES = ("wav2vec",)
+    OUTPUT_TOOLTIPS = ("The wav2vec2 encoder for Audio Encode.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "wav2vec_model": (get_host().model_dirs("audio_encoders") + _choices("audio_encoders"), {
+                    "tooltip": "wav2vec2 in models/audio_encoders: the single file "
+                               "wav2vec2-chinese-base_fp16.safetensors, or the Hugging Face folder "
+                               "TencentGameMate/chinese-wav2vec2-base."}),
+                "dtype": (list(WAV2VEC_DTYPES), {
+                    "default": "fp32",
+                    "tooltip": "Compute dtype; fp32 matches the reference features exactly, fp16 is faster "
+                               "on GPU."}),
+                "device": (["auto", "cpu"], {
+                    "default": "auto",
+                    "tooltip": "auto: the GPU when there is one; cpu keeps VRAM free for the DiT "
+                               "(encoding runs once per audio track)."}),
+            },
+        }
+
+    @coded_errors("loading wav2vec2")
+    def load(self, wav2vec_model, dtype, device):
+        from ..infinitetalk_core.audio import load_wav2vec2
+
+        host = get_host()
+        path = host.model_dir_path("audio_encoders", wav2vec_model) or _path("audio_encoders", wav2vec_model,
+                                                                              "wav2vec2")
+        target = host.compute_device() if device == "auto" else torch.device("cpu")
+        encoder = load_wav2vec2(path, device=target, dtype=WAV2VEC_DTYPES[dtype])
+        return (Wav2VecEncoder(encoder, path, WAV2VEC_DTYPES[dtype], {"device": str(target)}),)

@@ -1,0 +1,138 @@
+"""Streaming Sampler node: the whole video in one node, chunk by chunk, resumable, any audio length.
+
+Returns a small handle to the job directory (``INFINITETALK_FRAMES``: finished chunks as uint8 on disk)
+instead of an IMAGE batch of every frame (2000 frames at 640x640 would be 9.8 GB of float32 held in RAM
+by ComfyUI's cache); Video Combine streams it. ``image_frames`` additionally returns the last N frames
+as an IMAGE (default 1: the last frame, e.g. to chain a follow-up shot).
+"""
+from __future__ import annotations
+
+from .common import (
+    AUDIO_FEATURES_TYPE,
+    CATEGORY,
+    FRAMES_TYPE,
+    MODEL_TYPE,
+    REFERENCES_TYPE,
+    check_4n1,
+    coded_errors,
+)
+
+SIZE_MODES = ("auto_480", "auto_720", "custom")
+MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _tip(text: str) -> dict:
+    return {"tooltip": text}
+
+
+class InfiniteTalkStreamingSampler:
+    DESCRIPTION = (
+        "Generates the talking video chunk by chunk (81 frames, 9 context frames by default) for the "
+        "whole audio: the output is exactly as long as the audio. Finished chunks are saved in a job "
+        "folder; re-queueing the same inputs after a crash or an interrupt resumes where it stopped."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = (FRAMES_TYPE, "IMAGE", "INT", "FLOAT")
+    RETURN_NAMES = ("frames", "images", "frame_count", "fps")
+    OUTPUT_TOOLTIPS = ("Handle to the finished frames on disk: connect to Video Combine.",
+                       "The last image_frames frames as an IMAGE batch.",
+                       "Number of frames (= audio length at 25 fps, or max_frames).",
+                       "Frame rate of the frames (25).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..infinitetalk_core.stream.settings import COLOR_METHODS, COLOR_REFERENCES
+
+        return {
+            "required": {
+                "model": (MODEL_TYPE, _tip("The InfiniteTalk DiT from Model Loader.")),
+                "vae": ("VAE", _tip("The Wan 2.1 VAE from ComfyUI's Load VAE (wan_2.1_vae.safetensors).")),
+                "positive": ("CONDITIONING", _tip("Prompt from CLIPTextEncode with the umt5-xxl encoder "
+                             "(Load CLIP, type wan). Several entries (Conditioning Combine) = one prompt "
+                             "per chunk, the last one repeating.")),
+                "negative": ("CONDITIONING", _tip("Negative prompt (the reference's long default works well).")),
+                "clip_vision": ("CLIP_VISION", _tip("CLIP vision ViT-H (clip_vision_h.safetensors) from Load CLIP "
+                                "Vision: the DiT's image tokens of each chunk's reference frame.")),
+                "references": (REFERENCES_TYPE, _tip("Reference frames from Reference Sampler.")),
+                "audio_features": (AUDIO_FEATURES_TYPE, _tip("Speech features from Audio Encode.")),
+                "size": (list(SIZE_MODES), {"default": "auto_480", "tooltip":
+                         "auto_480/auto_720: the reference's bucket closest to the source's aspect ratio "
+                         "(about 640x640 / 960x960 pixels); custom: width x height below."}),
+                "width": ("INT", {"default": 832, "min": 64, "max": 2048, "step": 16, "tooltip":
+                          "Width for size=custom (a multiple of 16)."}),
+                "height": ("INT", {"default": 480, "min": 64, "max": 2048, "step": 16, "tooltip":
+                           "Height for size=custom (a multiple of 16)."}),
+                "chunk_frames": ("INT", {"default": 81, "min": 5, "max": 1001, "step": 4, "tooltip":
+                                 "Frames per chunk (4n+1). 81 is what InfiniteTalk was trained on; fewer "
+                                 "frames need less VRAM."}),
+                "context_frames": ("INT", {"default": 9, "min": 1, "max": 97, "step": 4, "tooltip":
+                                   "Frames carried from one chunk to the next for motion continuity "
+                                   "(4n+1, smaller than chunk_frames; reference 9)."}),
+                "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip":
+                          "Denoising steps per chunk (reference 40; 4-8 with a distill LoRA)."}),
+                "shift": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip":
+                          "Timestep shift; 0 = automatic (7 at 480, 11 at 720, as the reference)."}),
+                "text_guidance": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
+                                  "Text CFG scale (reference 5; 1 with a distill LoRA saves a pass)."}),
+                "audio_guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
+                                   "Audio CFG scale: higher = stronger lip sync (reference 4; 2 with a LoRA)."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "tooltip":
+                         "Seed; chunk k's noise depends only on (seed, k), so resumes are identical."}),
+                "color_method": (list(COLOR_METHODS), {"default": "lab", "tooltip":
+                                 "Colour correction inside the loop (lab = the reference's CIELAB mean/std); "
+                                 "none disables it."}),
+                "color_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip":
+                                   "0 = no correction, 1 = full (reference default)."}),
+                "color_reference": (list(COLOR_REFERENCES), {"default": "first", "tooltip":
+                                    "Match colours to: the first reference frame (reference; image input), "
+                                    "each chunk's own reference (best for dubbing a video), or the previous "
+                                    "chunk's last frame."}),
+                "resume": ("BOOLEAN", {"default": True, "tooltip":
+                           "Reuse finished chunks of an identical earlier run (after a crash or interrupt). "
+                           "Off: start over (the old job folder is replaced)."}),
+            },
+            "optional": {
+                "use_apg": ("BOOLEAN", {"default": False, "tooltip":
+                            "Adaptive projected guidance: fewer over-saturation artefacts at high scales."}),
+                "apg_momentum": ("FLOAT", {"default": -0.75, "min": -0.99, "max": 1.0, "step": 0.01,
+                                           "tooltip": "APG momentum (reference -0.75)."}),
+                "apg_norm_threshold": ("FLOAT", {"default": 55.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                                 "tooltip": "APG norm clamp (reference 55)."}),
+                "max_frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip":
+                               "Cap on output frames; 0 = the whole audio (the output equals its length)."}),
+                "image_frames": ("INT", {"default": 1, "min": 0, "max": 10_000, "tooltip":
+                                 "Also return the last N frames as IMAGE (RAM: N x W x H x 12 bytes); "
+                                 "use Video Combine on 'frames' for the full video."}),
+                "job_name": ("STRING", {"default": "", "tooltip":
+                             "Job folder name under output/InfiniteTalk_jobs; empty = derived from the "
+                             "inputs (identical inputs resume automatically)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, chunk_frames=None, context_frames=None, size=None, width=None, height=None):
+        """Checks that need no model: fail before anything loads (values from linked inputs are None)."""
+        problems = []
+        for name, value in (("chunk_frames", chunk_frames), ("context_frames", context_frames)):
+            if value is not None:
+                problems.append(check_4n1(name, value))
+        if chunk_frames is not None and context_frames is not None and context_frames >= chunk_frames:
+            problems.append(f"context_frames={context_frames} must be smaller than chunk_frames={chunk_frames}; "
+                            "use 9 context frames with 81-frame chunks.")
+        if size == "custom":
+            for name, value in (("width", width), ("height", height)):
+                if value is not None and value % 16:
+                    problems.append(f"{name}={value} is not a multiple of 16 (VAE 8x and patch 2x); "
+                                    f"use {value - value % 16} or {value - value % 16 + 16}.")
+        problems = [p for p in problems if p]
+        if problems:
+            return "E_INPUT_VALIDATION: " + " ".join(problems) + " Fix: change the values named above."
+        return True
+
+    @coded_errors("generating the video")
+    def sample(self, **inputs):
+        from .run import run_stream  # lazy: keeps ComfyUI's start-up free of the engine's imports
+
+        return run_stream(inputs)
