@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -183,9 +183,16 @@ class ComfyHost(TorchHost):
         return ManagedModel(module, patcher, dict(info or {}))
 
     def add_weight_patches(self, model: ManagedModel, lora: Any, strength: float) -> ManagedModel:
-        """ComfyUI: the LoRA becomes patcher weight patches (applied when the patcher loads the model)."""
+        """ComfyUI: the LoRA becomes patcher weight patches (applied when the patcher loads the model).
+
+        Weights kept as scaled fp8 hold ``W / scale``: ComfyUI adds the delta to those raw values, so the
+        deltas of those keys are divided by the same scale (``fp8_weight_scales``).
+        """
+        from ..infinitetalk_core.model.fp8 import fp8_weight_scales
+
         adapter = getattr(importlib.import_module("comfy.weight_adapter"), "LoRAAdapter", None)
-        patches = lora.comfy_patches(lora_adapter=adapter, key_prefix="")  # the patcher wraps the DiT itself
+        patches = lora.comfy_patches(lora_adapter=adapter, key_prefix="",  # the patcher wraps the DiT itself
+                                     weight_scales=fp8_weight_scales(model.module))
         patcher = model.patcher.clone()
         applied = patcher.add_patches(patches, strength)
         missing = len(patches) - len(applied)
@@ -227,19 +234,17 @@ class ComfyHost(TorchHost):
             return VideoFile(path)
 
 
-class Progress:
+class Progress(Protocol):
     """``update(done, preview=None)``: ``done`` of ``total`` units; ``preview`` a PIL image or None."""
 
     total: int
 
-    def update(self, done: int, preview: Any = None) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def update(self, done: int, preview: Any = None) -> None: ...
 
-    def close(self) -> None:
-        return None
+    def close(self) -> None: ...
 
 
-class TqdmProgress(Progress):
+class TqdmProgress:
     def __init__(self, total: int):
         from tqdm.auto import tqdm
 
@@ -254,7 +259,7 @@ class TqdmProgress(Progress):
         self.bar.close()
 
 
-class ComfyProgress(Progress):
+class ComfyProgress:
     def __init__(self, bar, host: ComfyHost):
         self.bar, self.host, self.total = bar, host, bar.total
 
@@ -262,6 +267,9 @@ class ComfyProgress(Progress):
         shown = ("JPEG", preview, 512) if preview is not None else None
         self.bar.update_absolute(min(done, self.total), self.total, shown)
         self.host.check_interrupt()  # throttled bar updates skip the server's own check
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)

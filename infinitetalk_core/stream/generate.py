@@ -116,7 +116,7 @@ def generate_chunks(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     h, w = (s // 8 for s in references.size)
     masks = torch.ones(3, h, w) if ref_target_masks is None else ref_target_masks.float()
-    return _stream(
+    run = _Run(
         model,
         vae,
         plan,
@@ -126,10 +126,29 @@ def generate_chunks(
         settings,
         image_encoder,
         masks.to(device),
-        state or StreamState(),
         hooks or StreamHooks(),
         device,
+        flow_timesteps(settings.steps, settings.shift),
     )
+    return _stream(run, state or StreamState())
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What stays fixed for a whole generation (validated inputs, schedule, device)."""
+
+    model: torch.nn.Module
+    vae: VideoVAE
+    plan: StreamPlan
+    references: ReferenceFrames
+    persons: list[torch.Tensor]
+    text: TextContexts
+    settings: StreamSettings
+    image_encoder: ImageEncoder | None
+    masks: torch.Tensor
+    hooks: StreamHooks
+    device: torch.device
+    timesteps: torch.Tensor
 
 
 def _sync(device: torch.device) -> float:
@@ -138,32 +157,13 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _stream(
-    model, vae, plan, references, persons, text, settings, image_encoder, masks, state, hooks, device
-) -> Iterator[ChunkResult]:
-    timesteps = flow_timesteps(settings.steps, settings.shift)
-    clock = ProgressClock(state.next_chunk, plan.num_chunks, settings.steps)
+def _stream(run: _Run, state: StreamState) -> Iterator[ChunkResult]:
+    plan, hooks = run.plan, run.hooks
+    clock = ProgressClock(state.next_chunk, plan.num_chunks, run.settings.steps)
     cache: dict[int, ChunkConditioning] = {}  # y and CLIP by reference index (reused while it repeats)
     try:
         for chunk in plan.chunks[state.next_chunk :]:
-            result = _generate_chunk(
-                model,
-                vae,
-                plan,
-                chunk,
-                references,
-                persons,
-                text,
-                settings,
-                image_encoder,
-                masks,
-                state,
-                hooks,
-                device,
-                timesteps,
-                clock,
-                cache,
-            )
+            result = _generate_chunk(run, chunk, state, clock, cache)
             state = result.state
             if hooks.on_chunk is not None:
                 hooks.on_chunk(
@@ -172,7 +172,7 @@ def _stream(
             yield result
     finally:  # early stop, interrupt or error: drop device tensors now, not at garbage collection
         cache.clear()
-        if device.type == "cuda":
+        if run.device.type == "cuda":
             torch.cuda.empty_cache()
 
 
@@ -210,23 +210,9 @@ def _colour_reference(plan, chunk, references, settings, reference, state) -> to
 
 
 def _generate_chunk(
-    model,
-    vae,
-    plan,
-    chunk,
-    references,
-    persons,
-    text,
-    settings,
-    image_encoder,
-    masks,
-    state,
-    hooks,
-    device,
-    timesteps,
-    clock,
-    cache,
+    run: _Run, chunk: ChunkPlan, state: StreamState, clock: ProgressClock, cache: dict
 ) -> ChunkResult:
+    plan, references, settings, device = run.plan, run.references, run.settings, run.device
     timings = {"vae": 0.0, "dit": 0.0, "colour": 0.0}  # vae: conditioning (encodes, CLIP, audio) + decode
     t0 = _sync(device)
     ref_index = _reference_index(plan, chunk, references, settings)
@@ -235,25 +221,25 @@ def _generate_chunk(
     if ref_index in cache:
         cached = cache[ref_index]
         y, clip = cached.y, cached.clip_features
-        context = encode_context(vae, context_pixels)
+        context = encode_context(run.vae, context_pixels)
     else:
-        cond = build_conditioning(vae, reference, context_pixels, plan.chunk_frames, image_encoder)
+        cond = build_conditioning(run.vae, reference, context_pixels, plan.chunk_frames, run.image_encoder)
         cache.clear()
         cache[ref_index] = cond
         y, clip, context = cond.y, cond.clip_features, cond.context_latents
-    audio = _audio_windows(persons, plan, chunk, settings.audio_padding, device)
-    positive, negative = text.for_chunk(chunk.index)
+    audio = _audio_windows(run.persons, plan, chunk, settings.audio_padding, device)
+    positive, negative = run.text.for_chunk(chunk.index)
     t1 = _sync(device)
     timings["vae"] += t1 - t0
 
     model_fn = make_model_fn(
-        model,
+        run.model,
         y.to(device),
         None if clip is None else clip.to(device),
         audio,
         positive.to(device),
         negative.to(device),
-        masks,
+        run.masks,
         settings.batch_passes,
     )
     h, w = y.shape[-2:]
@@ -261,15 +247,15 @@ def _generate_chunk(
     latents = sample_flow_euler(
         model_fn,
         noise,
-        timesteps,
+        run.timesteps,
         context.to(device),
         settings.guidance,
-        _step_callback(hooks, clock, chunk.index, plan.num_chunks),
+        _step_callback(run.hooks, clock, chunk.index, plan.num_chunks),
     )
     t2 = _sync(device)
     timings["dit"] = t2 - t1
 
-    pixels = vae.decode(latents).float()
+    pixels = run.vae.decode(latents).float()
     t3 = _sync(device)
     timings["vae"] += t3 - t2
     if settings.colour_enabled:
