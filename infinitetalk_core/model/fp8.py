@@ -53,8 +53,16 @@ def _scaled_linear_class(base: type) -> type:
             if not is_fp8(self.weight):
                 return super().forward(x)
             # the weight may live on the offload device; bring the fp8 bytes (half of bf16) over first
-            weight = dequantize_fp8(self.weight.to(x.device, non_blocking=True), self.scale_weight, x.dtype)
+            weight = self.weight.to(x.device, non_blocking=True)
+            weight_fns, bias_fns = getattr(self, "weight_function", ()), getattr(self, "bias_function", ())
+            if weight_fns:  # a host's per-use weight patches (ComfyUI low-VRAM LoRA), on the stored values
+                weight = weight.to(torch.float32)
+                for fn in weight_fns:
+                    weight = fn(weight)
+            weight = dequantize_fp8(weight, self.scale_weight, x.dtype)
             bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
+            for fn in bias_fns if bias is not None else ():
+                bias = fn(bias)
             return F.linear(x, weight, bias)
 
     ScaledFp8Linear.__name__ = f"ScaledFp8{base.__name__}"

@@ -55,6 +55,40 @@ def write_tiny_dit(models: Path) -> None:
     (models / "model_patches").mkdir(parents=True, exist_ok=True)
     save_file({k: v for k, v in state.items() if not is_audio_key(k)}, models / "diffusion_models" / "tiny_wan.safetensors")
     save_file({k: v for k, v in state.items() if is_audio_key(k)}, models / "model_patches" / "tiny_it.safetensors")
+    base = {k: v for k, v in state.items() if not is_audio_key(k)}
+    save_file(scaled_fp8(base), models / "diffusion_models" / "tiny_wan_fp8_scaled.safetensors")
+    (models / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(lightx2v_lora(base, gen), models / "loras" / LORA_FILE)
+
+
+LORA_FILE = "tiny_lightx2v_rank4.safetensors"
+LORA_MODULES = ("blocks.0.self_attn.q", "blocks.0.cross_attn.o", "blocks.0.ffn.0", "blocks.0.ffn.2")
+
+
+def scaled_fp8(state: dict) -> dict:
+    """ComfyUI "scaled fp8" layout: 2-D weights as e4m3fn with a per-tensor fp32 ``scale_weight``."""
+    out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, t in state.items():
+        if key.endswith(".weight") and t.dim() == 2:
+            scale = t.abs().max() / 448.0
+            out[key] = (t / scale).to(torch.float8_e4m3fn)
+            out[key.removesuffix("weight") + "scale_weight"] = scale.reshape(()).float()
+        else:
+            out[key] = t.half()
+    return out
+
+
+def lightx2v_lora(state: dict, gen: torch.Generator, rank: int = 4, alpha: float = 8.0) -> dict:
+    """lightx2v layout: ``diffusion_model.<m>.lora_down/lora_up.weight`` + ``.alpha`` (+ ``.diff_b``)."""
+    out = {}
+    for m in LORA_MODULES:
+        rows, cols = state[m + ".weight"].shape
+        out[f"diffusion_model.{m}.lora_down.weight"] = (torch.randn(rank, cols, generator=gen) * 0.1).to(torch.bfloat16)
+        out[f"diffusion_model.{m}.lora_up.weight"] = (torch.randn(rows, rank, generator=gen) * 0.1).to(torch.bfloat16)
+        out[f"diffusion_model.{m}.alpha"] = torch.tensor(alpha)
+    for m in LORA_MODULES[::2]:
+        out[f"diffusion_model.{m}.diff_b"] = (torch.randn(state[m + ".bias"].shape, generator=gen) * 0.05).to(torch.bfloat16)
+    return out
 
 
 @pytest.fixture(scope="session")
