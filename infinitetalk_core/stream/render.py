@@ -123,19 +123,7 @@ def render_to_job(
         ref_target_masks,
         model_identity,
     )
-    height, width = references.size
-    layout = {
-        "num_chunks": plan.num_chunks,
-        "output_frames": plan.output_frames,
-        "height": height,
-        "width": width,
-        "fps": FPS,
-    }
-    job = (
-        JobDirectory.open(job_path, fingerprint, layout)
-        if job_path is not None
-        else JobDirectory.for_inputs(job_root, fingerprint, layout)
-    )
+    job = _open_job(job_path, job_root, fingerprint, plan, references.size)
     if job.is_complete:
         log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
         return job
@@ -173,3 +161,18 @@ def render_video(out_path: str | Path, audio, *args, crf: int = 19, **kwargs) ->
     """``render_to_job(*args, **kwargs)`` then encode ``out_path`` with the original ``audio``
     (file path or (waveform, sample_rate)), exactly output_frames / 25 s long."""
     return render_to_job(*args, **kwargs).write_mp4(out_path, audio=audio, crf=crf)
+
+
+def _open_job(job_path, job_root, fingerprint: str, plan: StreamPlan, size: tuple[int, int]) -> JobDirectory:
+    """The job directory of this fingerprint: ``job_path`` (refused if it holds other inputs) or
+    ``job_root/<fingerprint>``."""
+    layout = {
+        "num_chunks": plan.num_chunks,
+        "output_frames": plan.output_frames,
+        "height": size[0],
+        "width": size[1],
+        "fps": FPS,
+    }
+    if job_path is not None:
+        return JobDirectory.open(job_path, fingerprint, layout)
+    return JobDirectory.for_inputs(job_root, fingerprint, layout)
