@@ -58,7 +58,7 @@ def _parse_float_wav(data: bytes, source: str) -> tuple[np.ndarray, int]:
         elif chunk_id == b"data":
             if channels <= 0 or rate <= 0:
                 raise FFmpegError(f"ffmpeg wrote audio data before its format for {source}")
-            payload = data[body:]  # the size field is a placeholder on a pipe: read to the end
+            payload = data[body:]  # on a pipe ffmpeg cannot fill in the size field: read to the end
             usable = len(payload) // (4 * channels) * (4 * channels)
             samples = np.frombuffer(payload[:usable], dtype="<f4").reshape(-1, channels)
             return np.ascontiguousarray(samples.T, dtype=np.float32), int(rate)
