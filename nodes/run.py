@@ -13,11 +13,12 @@ from fractions import Fraction
 import torch
 
 from ..infinitetalk_core.stream import bucket_for, default_shift, plan_chunks, speaker_masks
-from ..infinitetalk_core.stream.generate import StreamState, generate_chunks
+from ..infinitetalk_core.stream.generate import generate_chunks
 from ..infinitetalk_core.stream.guidance import GuidanceConfig
 from ..infinitetalk_core.stream.hooks import StreamHooks
 from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, tensor_digest
-from ..infinitetalk_core.stream.job import JobDirectory, JobFingerprint, digest_json
+from ..infinitetalk_core.stream.job import JobFingerprint, digest_json
+from ..infinitetalk_core.stream.render import commit_chunks, open_job
 from ..infinitetalk_core.stream.settings import StreamSettings
 from .common import first_image_to_pil, require
 from .frames import JobFrames
@@ -92,11 +93,12 @@ def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
     return JobFingerprint(inputs)
 
 
-def open_job(root, name: str, fingerprint: JobFingerprint, layout: dict, resume: bool) -> JobDirectory:
+def job_path(root, name: str, fingerprint: JobFingerprint, resume: bool):
+    """``root/<job_name>`` or ``root/<fingerprint>``; emptied first when the user turned resume off."""
     path = root / (name.strip() or fingerprint.digest[:16])
     if not resume and path.exists():
         shutil.rmtree(path)  # the user asked to start over
-    return JobDirectory.open(path, fingerprint, layout)
+    return path
 
 
 def _hooks(host, progress, steps: int, node_id) -> StreamHooks:
@@ -131,13 +133,10 @@ def run_stream(inputs: dict) -> tuple:
     masks = None if feats.num_speakers == 1 else speaker_masks(refs.height, refs.width, *size, 2, feats.boxes)
     source = refs.open(size)
     try:
-        layout = {"num_chunks": plan.num_chunks, "output_frames": plan.output_frames, "height": size[0],
-                  "width": size[1], "fps": 25}
         fingerprint = _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
-        job = open_job(host.output_dir() / JOBS_FOLDER, inputs.get("job_name", ""), fingerprint, layout,
-                       inputs["resume"])
-        saved = job.load_state()
-        state = StreamState.from_tensors(saved) if saved is not None else None
+        path = job_path(host.output_dir() / JOBS_FOLDER, inputs.get("job_name", ""), fingerprint,
+                        inputs["resume"])
+        job, state = open_job(path, None, fingerprint, plan, size)
         if not job.is_complete:
             device = host.load_for_use([model.managed])
             progress = host.progress(plan.num_chunks * settings.steps)
@@ -146,8 +145,7 @@ def run_stream(inputs: dict) -> tuple:
                                      image_encoder=encoder, ref_target_masks=masks, state=state,
                                      hooks=_hooks(host, progress, settings.steps, inputs.get("unique_id")),
                                      device=device)
-            for result in chunks:
-                job.commit_chunk(result.index, result.frames_uint8(), result.state.to_tensors())
+            commit_chunks(job, chunks)
             progress.close()
     finally:
         source.close()

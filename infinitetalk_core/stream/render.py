@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -107,10 +107,6 @@ def render_to_job(
     validate_stream_inputs(
         model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, None
     )
-    if job_path is None and job_root is None:
-        raise GenerationError(
-            "Neither a job directory nor a job root was given.", "Pass job_path or job_root."
-        )
     fingerprint = fingerprint_inputs(
         model,
         vae,
@@ -123,20 +119,11 @@ def render_to_job(
         ref_target_masks,
         model_identity,
     )
-    job = _open_job(job_path, job_root, fingerprint, plan, references.size)
+    job, state = open_job(job_path, job_root, fingerprint, plan, references.size)
     if job.is_complete:
         log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
         return job
-    saved = job.load_state()
-    state = StreamState.from_tensors(saved) if saved is not None else None
-    if state is not None and state.next_chunk != job.chunks_done:
-        raise GenerationError(
-            f"Job '{job.path}' state is at chunk {state.next_chunk} but {job.chunks_done} chunks are done.",
-            "Delete the job directory to start over.",
-        )
-    if job.chunks_done:
-        log.info("resuming job %s after chunk %d of %d", job.path, job.chunks_done, plan.num_chunks)
-    for result in generate_chunks(
+    chunks = generate_chunks(
         model,
         vae,
         plan,
@@ -149,7 +136,17 @@ def render_to_job(
         state=state,
         hooks=hooks,
         device=device,
-    ):
+    )
+    return commit_chunks(job, chunks, on_chunk_saved)
+
+
+def commit_chunks(
+    job: JobDirectory,
+    chunks: Iterable[ChunkResult],
+    on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
+) -> JobDirectory:
+    """Write each chunk's kept frames (uint8) and resume state to ``job`` as soon as it is generated."""
+    for result in chunks:
         start = time.perf_counter()
         job.commit_chunk(result.index, result.frames_uint8(), result.state.to_tensors())
         if on_chunk_saved is not None:
@@ -163,9 +160,21 @@ def render_video(out_path: str | Path, audio, *args, crf: int = 19, **kwargs) ->
     return render_to_job(*args, **kwargs).write_mp4(out_path, audio=audio, crf=crf)
 
 
-def _open_job(job_path, job_root, fingerprint: str, plan: StreamPlan, size: tuple[int, int]) -> JobDirectory:
-    """The job directory of this fingerprint: ``job_path`` (refused if it holds other inputs) or
-    ``job_root/<fingerprint>``."""
+def open_job(
+    job_path: str | Path | None,
+    job_root: str | Path | None,
+    fingerprint: JobFingerprint,
+    plan: StreamPlan,
+    size: tuple[int, int],
+) -> tuple[JobDirectory, StreamState | None]:
+    """The job directory of this fingerprint and the state to resume from (None: start at chunk 0).
+
+    ``job_path`` is refused if it holds other inputs; without it the job is ``job_root/<fingerprint>``.
+    """
+    if job_path is None and job_root is None:
+        raise GenerationError(
+            "Neither a job directory nor a job root was given.", "Pass job_path or job_root."
+        )
     layout = {
         "num_chunks": plan.num_chunks,
         "output_frames": plan.output_frames,
@@ -174,5 +183,16 @@ def _open_job(job_path, job_root, fingerprint: str, plan: StreamPlan, size: tupl
         "fps": FPS,
     }
     if job_path is not None:
-        return JobDirectory.open(job_path, fingerprint, layout)
-    return JobDirectory.for_inputs(job_root, fingerprint, layout)
+        job = JobDirectory.open(job_path, fingerprint, layout)
+    else:
+        job = JobDirectory.for_inputs(job_root, fingerprint, layout)
+    saved = job.load_state()
+    state = StreamState.from_tensors(saved) if saved is not None else None
+    if state is not None and state.next_chunk != job.chunks_done:
+        raise GenerationError(
+            f"Job '{job.path}' state is at chunk {state.next_chunk} but {job.chunks_done} chunks are done.",
+            "Delete the job directory to start over.",
+        )
+    if job.chunks_done and not job.is_complete:
+        log.info("resuming job %s after chunk %d of %d", job.path, job.chunks_done, plan.num_chunks)
+    return job, state
