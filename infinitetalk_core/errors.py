@@ -7,14 +7,20 @@ fix. They subclass the matching builtin (ValueError, MemoryError, ...) so generi
 from __future__ import annotations
 
 
+def _sentence(text: str) -> str:
+    """One line that ends like a sentence (messages are read in a UI, not a terminal)."""
+    line = " ".join(str(text).split())
+    return line if not line or line[-1] in ".!?" else line + "."
+
+
 class InfiniteTalkError(Exception):
     """Base class: ``code`` is stable API, ``what`` says what was wrong, ``fix`` what to do."""
 
     code = "E_GENERATION"
 
     def __init__(self, what: str, fix: str | None = None):
-        self.what = what.strip()
-        self.fix = fix.strip() if fix else None
+        self.what = _sentence(what)
+        self.fix = _sentence(fix) if fix else None
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -56,3 +62,28 @@ class GenerationError(InfiniteTalkError, RuntimeError):
     """Anything else that went wrong while generating."""
 
     code = "E_GENERATION"
+
+
+class NonFiniteError(InfiniteTalkError, FloatingPointError):
+    """A chunk's latents or pixels hold NaN/inf: it is never committed (damaged weights, a bad LoRA,
+    fp16 overflow)."""
+
+    code = "E_NONFINITE"
+
+
+class JobLockedError(InfiniteTalkError, RuntimeError):
+    """Another render holds the job folder's lock."""
+
+    code = "E_JOB_LOCKED"
+
+
+class JobDamagedError(InfiniteTalkError, RuntimeError):
+    """A job folder's manifest, state or chunk file is damaged or not ours."""
+
+    code = "E_JOB_DAMAGED"
+
+
+class DiskError(InfiniteTalkError, OSError):
+    """The disk refused a write: full, read-only, no permission, a name the file system rejects."""
+
+    code = "E_DISK"

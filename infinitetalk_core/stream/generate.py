@@ -23,6 +23,7 @@ import torch
 
 from ..audio import chunk_audio_windows
 from ..color import match_colors_signed
+from ..errors import NonFiniteError
 from .conditioning import ChunkConditioning, build_conditioning, encode_context
 from .guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
@@ -167,11 +168,12 @@ def _stream(run: _Run, state: StreamState) -> Iterator[ChunkResult]:
         for chunk in plan.chunks[state.next_chunk :]:
             result = _generate_chunk(run, chunk, state, clock, cache)
             state = result.state
+            clock.chunk_done(chunk.index)
+            yield result  # the consumer commits it before anything below can interrupt
             if hooks.on_chunk is not None:
                 hooks.on_chunk(
                     ChunkProgress(chunk.index, plan.num_chunks, result.frames, clock.eta(chunk.index + 1, 0))
                 )
-            yield result
     finally:  # early stop, interrupt or error: drop device tensors now, not at garbage collection
         cache.clear()
         if run.device.type == "cuda":
@@ -217,6 +219,7 @@ def _generate_chunk(
     plan, references, settings, device = run.plan, run.references, run.settings, run.device
     timings = {"vae": 0.0, "dit": 0.0, "colour": 0.0}  # vae: conditioning (encodes, CLIP, audio) + decode
     t0 = _sync(device)
+    run.hooks.stage("encoding_references", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
     ref_index = _reference_index(plan, chunk, references, settings)
     reference = references.frame(ref_index).to(device=device, dtype=torch.float32)
     context_pixels = reference[:, None] if chunk.is_first else state.context_pixels.to(device)
@@ -245,6 +248,8 @@ def _generate_chunk(
         run.batching,
     )
     h, w = y.shape[-2:]
+    run.hooks.stage("sampling", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
+    clock.start_sampling()
     noise = chunk_noise((16, latent_frames_for(plan.chunk_frames), h, w), settings.seed, chunk.index, device)
     latents = sample_flow_euler(
         model_fn,
@@ -256,8 +261,11 @@ def _generate_chunk(
     )
     t2 = _sync(device)
     timings["dit"] = t2 - t1
+    check_finite(latents, chunk, plan.num_chunks, "latents")
 
+    run.hooks.stage("decoding", chunk.index, plan.num_chunks, clock.eta(chunk.index, settings.steps))
     pixels = run.vae.decode(latents).float()
+    check_finite(pixels, chunk, plan.num_chunks, "decoded frames")
     t3 = _sync(device)
     timings["vae"] += t3 - t2
     if settings.colour_enabled:
@@ -268,6 +276,7 @@ def _generate_chunk(
     t4 = _sync(device)
     timings["colour"] = t4 - t3
 
+    check_finite(pixels, chunk, plan.num_chunks, "colour-corrected frames")
     # the next chunk's context: the last M frames of the whole chunk, after colour correction
     next_context = pixels[:, -plan.context_frames :].detach().to("cpu", torch.float32).clone()
     kept = pixels[:, chunk.keep_start : chunk.keep_stop].detach().to("cpu", torch.float32)
@@ -278,9 +287,24 @@ def _generate_chunk(
     return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings)
 
 
+def check_finite(values: torch.Tensor, chunk: ChunkPlan, num_chunks: int, what: str) -> None:
+    """Refuse a chunk holding NaN/inf (it would be a black or garbage video marked as finished)."""
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = int((~torch.isfinite(values)).sum())
+    raise NonFiniteError(
+        f"Chunk {chunk.index + 1}/{num_chunks} produced NaN or infinite {what} ({bad} values); it was not "
+        "saved. Likely causes: damaged model weights, a bad LoRA, or fp16 overflow.",
+        "Check the model files with python -m infinitetalk_core.doctor (download a damaged one again), "
+        "set each LoRA's strength to 0 to find a bad one, and use weight_dtype bf16 instead of fp16. "
+        "Finished chunks are kept.",
+    )
+
+
 def _step_callback(hooks: StreamHooks, clock: ProgressClock, chunk: int, num_chunks: int):
     def callback(info: dict) -> None:
         step = info["step"] + 1
+        clock.step_done()
         if hooks.on_step is not None:
             hooks.on_step(
                 StepProgress(

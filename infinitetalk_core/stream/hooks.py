@@ -46,19 +46,49 @@ class ChunkProgress:
 
 
 @dataclass(frozen=True)
+class StageProgress:
+    stage: str  # one of STAGES
+    chunk: int  # 0-based chunk being worked on
+    num_chunks: int
+    eta_seconds: float | None
+
+
+STAGES = ("preparing", "encoding_references", "sampling", "decoding", "muxing", "done")
+
+
+@dataclass(frozen=True)
 class StreamHooks:
     on_step: Callable[[StepProgress], None] | None = None
     on_chunk: Callable[[ChunkProgress], None] | None = None
     check_interrupt: Callable[[], bool] | None = None
+    on_stage: Callable[[StageProgress], None] | None = None
+
+    def stage(self, stage: str, chunk: int, num_chunks: int, eta: float | None) -> None:
+        if self.on_stage is not None:
+            self.on_stage(StageProgress(stage, chunk, num_chunks, eta))
 
 
 class ProgressClock:
-    """Steps done vs. total over the chunks this run generates; ETA from the mean step time so far."""
+    """Progress and a steady ETA over the chunks this run generates.
+
+    The ETA counts the remaining denoising steps at the median of the recent step times (a slow
+    first step or a model load does not swing it) plus the per-chunk overhead measured so far
+    (conditioning, decode, colour, commit: what "ETA 0 s" during the last decode left out); no ETA
+    until three steps or one chunk have been timed. The shown
+    value counts down between updates and moves only a quarter of the way to each new estimate.
+    """
+
+    WINDOW = 24  # recent step times kept
 
     def __init__(self, first_chunk: int, num_chunks: int, steps: int):
         self.first_chunk, self.num_chunks, self.steps = first_chunk, num_chunks, steps
         self.total = max(1, (num_chunks - first_chunk) * steps)
         self.start = time.perf_counter()
+        self._step_times: list[float] = []
+        self._overheads: list[float] = []
+        self._chunk_start = self._last_mark = self.start
+        self._chunk_stepping = 0.0
+        self._shown: tuple[float, float] | None = None  # (eta, when)
 
     def done(self, chunk: int, step: int) -> int:
         return (chunk - self.first_chunk) * self.steps + step
@@ -66,8 +96,45 @@ class ProgressClock:
     def fraction(self, chunk: int, step: int) -> float:
         return (self.done(chunk, step) + self.first_chunk * self.steps) / max(1, self.num_chunks * self.steps)
 
+    def start_sampling(self) -> None:
+        self._last_mark = time.perf_counter()
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        self._step_times = (self._step_times + [now - self._last_mark])[-self.WINDOW:]
+        self._chunk_stepping += now - self._last_mark
+        self._last_mark = now
+
+    def chunk_done(self, chunk: int) -> None:
+        now = time.perf_counter()
+        overhead = max(0.0, now - self._chunk_start - self._chunk_stepping)
+        self._overheads = (self._overheads + [overhead])[-8:]
+        self._chunk_start, self._chunk_stepping = now, 0.0
+
+    def _median_step(self) -> float:
+        times = sorted(self._step_times)
+        return times[(len(times) - 1) // 2] if times else 0.0
+
+    def raw_eta(self, chunk: int, step: int) -> float | None:
+        """Seconds left from (chunk, step) without smoothing; None until a step has been timed."""
+        if len(self._step_times) < 3 and not self._overheads:
+            return None  # one or two timings (a warm-up step) would say nothing
+        steps_left = max(0, self.total - self.done(chunk, step))
+        chunks_left = max(0, self.num_chunks - chunk)
+        overhead = sum(self._overheads) / len(self._overheads) if self._overheads else None
+        if overhead is None and steps_left == 0:
+            return None  # only the unmeasured decode is left
+        return steps_left * self._median_step() + chunks_left * (overhead or 0.0)
+
     def eta(self, chunk: int, step: int) -> float | None:
-        done = self.done(chunk, step)
-        if done <= 0:
+        raw = self.raw_eta(chunk, step)
+        if raw is None:
             return None
-        return (time.perf_counter() - self.start) / done * (self.total - done)
+        now = time.perf_counter()
+        if self._shown is None:
+            shown = raw
+        else:
+            counted = max(0.0, self._shown[0] - (now - self._shown[1]))
+            shown = counted + 0.25 * (raw - counted)
+        self._shown = (shown, now)
+        return shown

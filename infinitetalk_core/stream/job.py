@@ -2,31 +2,25 @@
 
 Layout of a job directory::
 
-    manifest.json            fingerprint of every input, the plan summary, the chunks done (the commit record)
-    chunks/00012.npy         chunk 12's kept frames, uint8 [n, H, W, 3]
+    manifest.json            fingerprint of every input, the layout, the chunks done (the commit record)
+    chunks/00012.mkv         chunk 12's kept frames, H.264 4:4:4 (video/chunk_codec.py)
     state/00012.safetensors  what chunk 13 needs to continue bit-identically (context pixels after colour)
+    .lock                    held by the one render working on this job
 
 A chunk is done only when the manifest lists it. Every file is written under a temporary name,
-fsynced and renamed (atomic on POSIX and NTFS), frames and state first, the manifest last; so a
-crash at any point leaves either the old or the new manifest, never a half-written chunk taken as
-done. Leftover temporary files are removed when the directory is opened again.
-
-Resume policy: a job directory belongs to one set of inputs (its fingerprint). Opened with the
-same fingerprint it resumes after the last finished chunk; opened with a different one it raises
-InputValidationError naming what changed (we never overwrite a user's finished work). Callers who do
-not name a directory use ``JobDirectory.for_inputs(root, ...)``, whose path is derived from the
-fingerprint, so different inputs land in a fresh directory automatically.
+fsynced and renamed, chunk and state first, the manifest last; a crash at any point leaves either
+the old or the new manifest. Opening a job takes its lock (a second render fails fast naming the
+holder) and checks every chunk file's SHA-256. A damaged chunk is regenerated: the job rewinds to
+the newest intact checkpoint state before it (one every ``CHECKPOINT_EVERY`` chunks, plus the newest),
+the chunks after it become *pending*, and each regenerated chunk whose frames and state equal the
+pending record keeps it; once the damaged one is rewritten and the rest are intact, the job jumps
+back to its newest state. A job folder belongs to one set of inputs; other inputs are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -35,112 +29,36 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ..errors import GenerationError, InputValidationError
+from ..errors import GenerationError, InputValidationError, JobDamagedError
+from ..video.chunk_codec import CHUNK_SUFFIX, decode_chunk, encode_chunk
+from .job_files import LOCK, MANIFEST, JobLock, disk_errors, write_atomic
+from .job_manifest import ChunkRecord, JobFingerprint, JobManifest, StateRecord, digest_json
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+CHECKPOINT_EVERY = 8  # keep the state after every 8th chunk: a damaged chunk costs <= 8 chunks to redo
+_REQUEUE = "Queue the Streaming Sampler again with the same inputs: it regenerates damaged chunks."
+
+__all__ = ["CHECKPOINT_EVERY", "ChunkRecord", "JobDirectory", "JobFingerprint", "JobManifest", "digest_json"]
 
 
-@dataclass(frozen=True)
-class JobFingerprint:
-    """SHA-256 per input group ("reference", "audio", "text", "model", "parameters", ...)."""
-
-    inputs: Mapping[str, str]
-
-    @property
-    def digest(self) -> str:
-        text = json.dumps(dict(sorted(self.inputs.items())), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def differences(self, other: Mapping[str, str]) -> list[str]:
-        keys = set(self.inputs) | set(other)
-        return sorted(k for k in keys if self.inputs.get(k) != other.get(k))
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def digest_json(value: object) -> str:
-    """SHA-256 of a JSON-serialisable value (parameters, plan, config), key order independent."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    index: int
-    frames: int
-    file: str
-    sha256: str
-    size: int
-
-
-@dataclass
-class JobManifest:
-    fingerprint: str
-    inputs: dict[str, str]
-    layout: dict  # num_chunks, output_frames, height, width (what the final encode needs)
-    chunks: list[ChunkRecord] = field(default_factory=list)
-    state_file: str | None = None
-
-    def to_json(self) -> str:
-        body = {
-            "format": FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "inputs": self.inputs,
-            "layout": self.layout,
-            "chunks": [vars(c) for c in self.chunks],
-            "state_file": self.state_file,
-        }
-        return json.dumps(body, indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "JobManifest":
-        body = json.loads(text)
-        if body.get("format") != FORMAT_VERSION:
-            raise GenerationError(
-                f"job manifest format {body.get('format')} is not {FORMAT_VERSION}.",
-                "Delete the job directory or pick a new one.",
-            )
-        chunks = [ChunkRecord(**c) for c in body["chunks"]]
-        return cls(body["fingerprint"], body["inputs"], body["layout"], chunks, body.get("state_file"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "posix":  # makes the rename itself durable; Windows has no directory fsync
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _npy_bytes(frames: np.ndarray) -> bytes:
-    header = np.lib.format.header_data_from_array_1_0(frames)
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, header)
-    return buf.getvalue() + np.ascontiguousarray(frames).tobytes()
+def _is_checkpoint(index: int) -> bool:
+    return (index + 1) % CHECKPOINT_EVERY == 0
 
 
 class JobDirectory:
-    """One render's directory. Create with ``open`` (explicit path) or ``for_inputs`` (derived path)."""
+    """One render's directory. ``open`` takes the render lock; ``close`` releases it."""
 
     def __init__(self, path: Path, manifest: JobManifest):
         self.path = path
         self.manifest = manifest
+        self.fast_forwarded = False  # set when a repair jumped back to the newest state
+        self._lock: JobLock | None = None
+        self._created = False
 
     @classmethod
     def for_inputs(cls, root: str | Path, fingerprint: JobFingerprint, layout: dict) -> "JobDirectory":
@@ -148,59 +66,108 @@ class JobDirectory:
         return cls.open(Path(root) / fingerprint.digest[:16], fingerprint, layout)
 
     @classmethod
-    def open(cls, path: str | Path, fingerprint: JobFingerprint, layout: dict) -> "JobDirectory":
+    def open(cls, path: str | Path, fingerprint: JobFingerprint, layout: dict, lock: bool = True) -> "JobDirectory":
         """Open (resume) or create the job at ``path``; refuse a directory made for other inputs."""
         path = Path(path)
-        manifest_path = path / MANIFEST
-        if manifest_path.is_file():
-            manifest = JobManifest.from_json(manifest_path.read_text())
-            if manifest.fingerprint != fingerprint.digest:
-                changed = fingerprint.differences(manifest.inputs)
-                raise InputValidationError(
-                    f"Job directory '{path}' was made for other inputs (changed: {', '.join(changed)}).",
-                    "Pick a new job directory, delete this one to start over, or restore the original inputs "
-                    "to resume it.",
-                )
-            job = cls(path, manifest)
-            job._check_files()
-        elif path.exists() and any(path.iterdir()):
-            raise InputValidationError(
-                f"'{path}' is not empty and holds no job manifest.",
-                "Pass an empty or new folder as the job directory.",
-            )
-        else:
-            (path / "chunks").mkdir(parents=True, exist_ok=True)
-            (path / "state").mkdir(exist_ok=True)
-            job = cls(path, JobManifest(fingerprint.digest, dict(fingerprint.inputs), dict(layout)))
-            job._save_manifest()
-        job._remove_temporaries()
+        _refuse_foreign_folder(path)
+        created = not path.exists()
+        with disk_errors(f"creating the job folder '{path.name}'"):
+            path.mkdir(parents=True, exist_ok=True)
+        job_lock = JobLock(path).acquire() if lock else None
+        try:
+            job = cls._load_or_create(path, fingerprint, layout)
+        except BaseException:
+            if job_lock is not None:
+                job_lock.release()
+            if created:
+                _remove_if_unused(path)
+            raise
+        job._lock, job._created = job_lock, created
         return job
 
+    @classmethod
+    def _load_or_create(cls, path: Path, fingerprint: JobFingerprint, layout: dict) -> "JobDirectory":
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            with disk_errors(f"creating the job folder '{path.name}'"):
+                (path / "chunks").mkdir(exist_ok=True)
+                (path / "state").mkdir(exist_ok=True)
+            job = cls(path, JobManifest(fingerprint.digest, dict(fingerprint.inputs), dict(layout)))
+            job._save_manifest()
+            return job
+        with disk_errors(f"reading the job folder '{path.name}'"):
+            text = manifest_path.read_text(errors="replace")
+        manifest = JobManifest.from_json(text, f"The manifest of job folder '{path.name}'")
+        if manifest.fingerprint != fingerprint.digest:
+            changed = fingerprint.differences(manifest.inputs)
+            raise InputValidationError(
+                f"Job folder '{path.name}' was made for other inputs (changed: {', '.join(changed)}).",
+                "Pick a new job_name, turn resume off to start this one over, or restore the original inputs "
+                "to resume it.",
+            )
+        job = cls(path, manifest)
+        job._remove_temporaries()
+        job._verify()
+        return job
+
+    def close(self) -> None:
+        """Release the render lock; a job created by this open that never got a chunk is removed."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._created and not self.manifest.chunks and not self.manifest.pending:
+            _remove_if_unused(self.path)
+
+    def __enter__(self) -> "JobDirectory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- integrity -----------------------------------------------------------------------------------
     def _save_manifest(self) -> None:
-        _write_atomic(self.path / MANIFEST, self.manifest.to_json().encode())
+        write_atomic(self.path / MANIFEST, self.manifest.to_json().encode())
 
     def _remove_temporaries(self) -> None:
         for sub in (self.path, self.path / "chunks", self.path / "state"):
             for tmp in sub.glob(".tmp-*"):
                 tmp.unlink(missing_ok=True)
 
-    def _check_files(self) -> None:
-        for i, rec in enumerate(self.manifest.chunks):
-            f = self.path / rec.file
-            if rec.index != i or not f.is_file() or f.stat().st_size != rec.size:
-                raise GenerationError(
-                    f"Job directory '{self.path}' is damaged: chunk {rec.index} file '{rec.file}' is missing "
-                    "or has the wrong size.",
-                    "Delete the job directory to start over.",
-                )
-        if self.manifest.chunks:  # the newest chunk is the one a crash could have hit: check its bytes
-            last = self.manifest.chunks[-1]
-            if hashlib.sha256((self.path / last.file).read_bytes()).hexdigest() != last.sha256:
-                raise GenerationError(
-                    f"Job directory '{self.path}': chunk {last.index} does not match its hash.",
-                    "Delete the job directory to start over.",
-                )
+    def _file_intact(self, name: str, sha256: str, size: int | None = None) -> bool:
+        f = self.path / name
+        try:
+            if not f.is_file() or (size is not None and f.stat().st_size != size):
+                return False
+            return not sha256 or _sha(f.read_bytes()) == sha256
+        except OSError:
+            return False
 
+    def _chunk_intact(self, rec: ChunkRecord) -> bool:
+        return self._file_intact(rec.file, rec.sha256, rec.size)
+
+    def _state_intact(self, index: int) -> bool:
+        rec = self.manifest.states.get(index)
+        return rec is not None and self._file_intact(rec.file, rec.sha256)
+
+    def _verify(self) -> None:
+        """Check every chunk (and the newest state); rewind to a checkpoint before the first damage."""
+        chunks = self.manifest.chunks
+        if [r.index for r in chunks] != list(range(len(chunks))):
+            raise JobDamagedError(f"The manifest of job folder '{self.path.name}' lists chunks out of order.",
+                                  "Move that job folder away (or delete it) to start over.")
+        bad = next((r.index for r in chunks if not self._chunk_intact(r)), None)
+        if chunks and not self._state_intact(chunks[-1].index):
+            bad = chunks[-1].index if bad is None else bad
+        if bad is None:
+            return
+        restart = max((i for i in self.manifest.states if i < bad and self._state_intact(i)), default=-1)
+        log.warning("job %s: chunk %d is damaged; regenerating from chunk %d (checkpoint), reusing every "
+                    "chunk that comes out identical", self.path.name, bad, restart + 1)
+        self.manifest.pending = chunks[restart + 1:] + self.manifest.pending
+        self.manifest.chunks = chunks[: restart + 1]
+        self._save_manifest()
+
+    # -- progress ------------------------------------------------------------------------------------
     @property
     def chunks_done(self) -> int:
         return len(self.manifest.chunks)
@@ -215,43 +182,124 @@ class JobDirectory:
 
     def load_state(self) -> dict[str, torch.Tensor] | None:
         """The carry state saved with the last finished chunk (None before the first chunk)."""
-        if self.manifest.state_file is None:
+        if not self.manifest.chunks:
             return None
-        return load_safetensors((self.path / self.manifest.state_file).read_bytes())
+        rec = self.manifest.states.get(self.manifest.chunks[-1].index)
+        if rec is None:
+            raise JobDamagedError(f"Job folder '{self.path.name}' has no saved state for its last chunk.",
+                                  "Move that job folder away (or delete it) to start over.")
+        with disk_errors(f"reading the job folder '{self.path.name}'"):
+            data = (self.path / rec.file).read_bytes()
+        try:
+            return load_safetensors(data)
+        except Exception as exc:  # safetensors raises its own error types for damaged bytes
+            raise JobDamagedError(f"The resume state of job folder '{self.path.name}' is damaged.",
+                                  "Move that job folder away (or delete it) to start over.") from exc
 
+    # -- commit --------------------------------------------------------------------------------------
     def commit_chunk(self, index: int, frames: np.ndarray, state: Mapping[str, torch.Tensor]) -> None:
         """Persist chunk ``index``: kept frames (uint8 [n, H, W, 3]) and carry state, then mark it done."""
+        self._check_commit(index, frames)
+        content = _sha(np.ascontiguousarray(frames).tobytes())
+        state_bytes = save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
+        state_sha = _sha(state_bytes)
+        record = self._reuse_pending(index, content, state_sha) or self._write_chunk(index, frames, content, state_sha)
+        state_file = f"state/{index:05d}.safetensors"
+        write_atomic(self.path / state_file, state_bytes)
+        self.manifest.chunks.append(record)
+        self.manifest.states[index] = StateRecord(state_file, state_sha)
+        self._fast_forward()
+        self._save_manifest()
+        newest = self.manifest.chunks[-1].index
+        for old in (index - 1, index):  # only the newest state and the checkpoints are kept
+            if old >= 0 and old != newest and not _is_checkpoint(old) and old not in self._pending_indices():
+                self._drop_state(old)
+
+    def _pending_indices(self) -> set[int]:
+        return {r.index for r in self.manifest.pending}
+
+    def _check_commit(self, index: int, frames: np.ndarray) -> None:
         if index != self.chunks_done:
-            raise GenerationError(
-                f"chunk {index} committed after {self.chunks_done} finished chunks.",
-                "Commit chunks in order.",
-            )
+            raise GenerationError(f"chunk {index} committed after {self.chunks_done} finished chunks.",
+                                  "Commit chunks in order.")
         h, w = self.manifest.layout["height"], self.manifest.layout["width"]
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
-            raise GenerationError(
-                f"chunk {index} frames have shape {frames.shape} {frames.dtype}; "
-                f"expected [n, {h}, {w}, 3] uint8.",
-                "This is a bug in the caller.",
-            )
-        data = _npy_bytes(frames)
-        frames_file = f"chunks/{index:05d}.npy"
-        _write_atomic(self.path / frames_file, data)
-        state_file = f"state/{index:05d}.safetensors"
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        _write_atomic(self.path / state_file, save_safetensors(tensors))
-        old_state = self.manifest.state_file
-        self.manifest.chunks.append(
-            ChunkRecord(index, len(frames), frames_file, hashlib.sha256(data).hexdigest(), len(data))
-        )
-        self.manifest.state_file = state_file
-        self._save_manifest()
-        if old_state and old_state != state_file:
-            (self.path / old_state).unlink(missing_ok=True)  # only the newest state is needed
+            raise GenerationError(f"chunk {index} frames have shape {frames.shape} {frames.dtype}; "
+                                  f"expected [n, {h}, {w}, 3] uint8.", "This is a bug in the caller.")
+
+    def _write_chunk(self, index: int, frames: np.ndarray, content: str, state_sha: str) -> ChunkRecord:
+        data = encode_chunk(frames)
+        name = f"chunks/{index:05d}{CHUNK_SUFFIX}"
+        write_atomic(self.path / name, data)
+        return ChunkRecord(index, len(frames), name, _sha(data), len(data), content, state_sha)
+
+    def _reuse_pending(self, index: int, content: str, state_sha: str) -> ChunkRecord | None:
+        """During a repair: the pending record if this chunk came out identical (else drop the rest)."""
+        pending = self.manifest.pending
+        if not pending or pending[0].index != index:
+            return None
+        candidate = pending.pop(0)
+        if candidate.content != content or candidate.state != state_sha:
+            log.warning("job %s: regenerated chunk %d differs from the one on disk; regenerating the rest",
+                        self.path.name, index)
+            self._drop_pending()
+            return None
+        return candidate if self._chunk_intact(candidate) else None  # identical frames, file rewritten
+
+    def _drop_pending(self) -> None:
+        for rec in self.manifest.pending:
+            (self.path / rec.file).unlink(missing_ok=True)
+            if rec.index in self.manifest.states:
+                self._drop_state(rec.index)
+        self.manifest.pending = []
+
+    def _drop_state(self, index: int) -> None:
+        rec = self.manifest.states.pop(index, None)
+        if rec is not None:
+            (self.path / rec.file).unlink(missing_ok=True)
+
+    def _fast_forward(self) -> None:
+        """After a repair: once every pending chunk and the newest state are intact, take them back."""
+        pending = self.manifest.pending
+        if not pending or pending[0].index != self.chunks_done:
+            return
+        if all(self._chunk_intact(r) for r in pending) and self._state_intact(pending[-1].index):
+            log.info("job %s: repaired; continuing after chunk %d", self.path.name, pending[-1].index)
+            self.manifest.chunks.extend(pending)
+            self.manifest.pending = []
+            self.fast_forwarded = True
+
+    # -- reading -------------------------------------------------------------------------------------
+    def read_chunk(self, rec: ChunkRecord) -> np.ndarray:
+        """One chunk's uint8 frames [n, H, W, 3], after checking its file against the manifest."""
+        where = f"Chunk {rec.index + 1} of job folder '{self.path.name}'"
+        try:
+            data = (self.path / rec.file).read_bytes()
+        except OSError as exc:
+            raise JobDamagedError(f"{where} cannot be read ({exc.strerror}).", _REQUEUE) from exc
+        if _sha(data) != rec.sha256:
+            raise JobDamagedError(f"{where} is damaged (its file changed after it was written).", _REQUEUE)
+        h, w = self.manifest.layout["height"], self.manifest.layout["width"]
+        if rec.file.endswith(".npy"):  # format 1
+            return np.load(self.path / rec.file, mmap_mode="r")
+        return decode_chunk(data, rec.frames, h, w, where)
 
     def iter_frame_batches(self) -> Iterator[np.ndarray]:
-        """Finished chunks' frames in order, one chunk in memory at a time (memory-mapped)."""
-        for rec in self.manifest.chunks:
-            yield np.load(self.path / rec.file, mmap_mode="r")
+        """Finished chunks' frames in order, one chunk in memory at a time, each one verified."""
+        for rec in list(self.manifest.chunks):
+            yield self.read_chunk(rec)
+
+    def last_frames(self, count: int) -> np.ndarray:
+        """The last ``count`` frames (decodes only the chunks needed, newest first)."""
+        parts, have = [], 0
+        for rec in reversed(self.manifest.chunks):
+            if have >= count:
+                break
+            parts.insert(0, self.read_chunk(rec))
+            have += rec.frames
+        h, w = self.manifest.layout["height"], self.manifest.layout["width"]
+        frames = np.concatenate(parts) if parts else np.zeros((0, h, w, 3), np.uint8)
+        return frames[-count:] if count else frames[:0]
 
     def write_mp4(self, out_path: str | Path, audio=None, crf: int = 19) -> Path:
         """Encode the finished job to an H.264 mp4 with the original audio, exactly frames/25 s long."""
@@ -259,17 +307,34 @@ class JobDirectory:
 
         if not self.is_complete:
             raise GenerationError(
-                f"Job '{self.path}' has {self.chunks_done} of {self.manifest.layout['num_chunks']} chunks.",
+                f"Job '{self.path.name}' has {self.chunks_done} of {self.manifest.layout['num_chunks']} chunks.",
                 "Run the generation again with the same inputs to finish it first.",
             )
         layout = self.manifest.layout
-        return write_mp4(
-            out_path,
-            self.iter_frame_batches(),
-            self.frames_done,
-            layout["width"],
-            layout["height"],
-            audio=audio,
-            fps=layout.get("fps", 25),
-            crf=crf,
-        )
+        return write_mp4(out_path, self.iter_frame_batches(), self.frames_done, layout["width"],
+                         layout["height"], audio=audio, fps=layout.get("fps", 25), crf=crf)
+
+
+def _refuse_foreign_folder(path: Path) -> None:
+    """A non-empty folder that is not a job of ours is never taken over."""
+    if not path.is_dir() or (path / MANIFEST).is_file():
+        return
+    with disk_errors(f"reading the folder '{path.name}'"):
+        extra = [p.name for p in path.iterdir() if p.name not in (LOCK, "chunks", "state")]
+        extra += [p.name for sub in ("chunks", "state") if (path / sub).is_dir() for p in (path / sub).iterdir()]
+    if extra:
+        raise InputValidationError(f"'{path.name}' is not empty and holds no job manifest.",
+                                   "Pick another job_name, or empty that folder yourself.")
+
+
+def _remove_if_unused(path: Path) -> None:
+    """Remove a job folder that holds no chunk (created by a render that stopped before its first)."""
+    try:
+        for sub in ("chunks", "state"):
+            if (path / sub).is_dir() and not any((path / sub).iterdir()):
+                (path / sub).rmdir()
+        for name in (MANIFEST, LOCK):
+            (path / name).unlink(missing_ok=True)
+        path.rmdir()
+    except OSError:
+        pass  # not empty after all (or gone): leave it

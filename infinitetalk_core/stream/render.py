@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..errors import GenerationError
+from ..errors import GenerationError, JobDamagedError
 from .generate import ChunkResult, StreamState, generate_chunks
 from .hooks import StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE, tensor_digest
@@ -119,25 +119,47 @@ def render_to_job(
         ref_target_masks,
         model_identity,
     )
-    job, state = open_job(job_path, job_root, fingerprint, plan, references.size)
-    if job.is_complete:
-        log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
-        return job
-    chunks = generate_chunks(
-        model,
-        vae,
-        plan,
-        references,
-        audio_features,
-        text,
-        settings,
-        image_encoder=image_encoder,
-        ref_target_masks=ref_target_masks,
-        state=state,
-        hooks=hooks,
-        device=device,
-    )
-    return commit_chunks(job, chunks, on_chunk_saved)
+    job, _ = open_job(job_path, job_root, fingerprint, plan, references.size)
+    try:
+        if job.is_complete:
+            log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
+            return job
+
+        def chunks_from(state: StreamState | None):
+            return generate_chunks(model, vae, plan, references, audio_features, text, settings,
+                                   image_encoder=image_encoder, ref_target_masks=ref_target_masks, state=state,
+                                   hooks=hooks, device=device)
+
+        return run_job(job, chunks_from, on_chunk_saved)
+    finally:
+        job.close()
+
+
+def job_state(job: JobDirectory) -> StreamState | None:
+    """The state to continue ``job`` from (None: start at chunk 0), checked against its chunk count."""
+    saved = job.load_state()
+    state = StreamState.from_tensors(saved) if saved is not None else None
+    if state is not None and state.next_chunk != job.chunks_done:
+        raise JobDamagedError(
+            f"Job folder '{job.path.name}' has a state for chunk {state.next_chunk} but {job.chunks_done} "
+            "chunks done.",
+            "Move that job folder away (or delete it) to start over.",
+        )
+    return state
+
+
+def run_job(
+    job: JobDirectory,
+    chunks_from: Callable[[StreamState | None], Iterable[ChunkResult]],
+    on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
+) -> JobDirectory:
+    """Generate and commit every missing chunk; after a repair jumps ahead, continue from there."""
+    while not job.is_complete:
+        job.fast_forwarded = False
+        commit_chunks(job, chunks_from(job_state(job)), on_chunk_saved)
+        if not job.fast_forwarded:
+            break
+    return job
 
 
 def commit_chunks(
@@ -145,12 +167,19 @@ def commit_chunks(
     chunks: Iterable[ChunkResult],
     on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
 ) -> JobDirectory:
-    """Write each chunk's kept frames (uint8) and resume state to ``job`` as soon as it is generated."""
+    """Write each chunk's kept frames and resume state to ``job`` as soon as it is generated.
+
+    Stops early (closing the generator) when a repair fast-forwarded the job past the chunks it
+    would generate next.
+    """
     for result in chunks:
         start = time.perf_counter()
         job.commit_chunk(result.index, result.frames_uint8(), result.state.to_tensors())
         if on_chunk_saved is not None:
             on_chunk_saved(result, time.perf_counter() - start)
+        if job.fast_forwarded:
+            getattr(chunks, "close", lambda: None)()
+            break
     return job
 
 
@@ -186,13 +215,11 @@ def open_job(
         job = JobDirectory.open(job_path, fingerprint, layout)
     else:
         job = JobDirectory.for_inputs(job_root, fingerprint, layout)
-    saved = job.load_state()
-    state = StreamState.from_tensors(saved) if saved is not None else None
-    if state is not None and state.next_chunk != job.chunks_done:
-        raise GenerationError(
-            f"Job '{job.path}' state is at chunk {state.next_chunk} but {job.chunks_done} chunks are done.",
-            "Delete the job directory to start over.",
-        )
+    try:
+        state = job_state(job)
+    except BaseException:
+        job.close()
+        raise
     if job.chunks_done and not job.is_complete:
         log.info("resuming job %s after chunk %d of %d", job.path, job.chunks_done, plan.num_chunks)
     return job, state

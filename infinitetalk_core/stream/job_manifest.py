@@ -1,0 +1,104 @@
+"""A job folder's commit record (manifest.json): input fingerprint, layout, chunks done, saved states.
+
+Format 2 (this release) stores chunks as compressed video files with the SHA-256 of the file (integrity)
+and of the uint8 frames before encoding (``content``: what bit-identical resume is checked against),
+and the carry state of some chunks (the newest, plus a checkpoint every few chunks from which a
+damaged chunk can be regenerated). Format 1 folders (raw .npy chunks, one state) still open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+from ..errors import JobDamagedError
+
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+
+
+@dataclass(frozen=True)
+class JobFingerprint:
+    """SHA-256 per input group ("reference", "audio", "text", "model", "parameters", ...)."""
+
+    inputs: Mapping[str, str]
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps(dict(sorted(self.inputs.items())), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def differences(self, other: Mapping[str, str]) -> list[str]:
+        keys = set(self.inputs) | set(other)
+        return sorted(k for k in keys if self.inputs.get(k) != other.get(k))
+
+
+def digest_json(value: object) -> str:
+    """SHA-256 of a JSON-serialisable value (parameters, plan, config), key order independent."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    index: int
+    frames: int
+    file: str
+    sha256: str  # of the file's bytes
+    size: int
+    content: str | None = None  # SHA-256 of the uint8 frames before encoding (None in format 1)
+    state: str | None = None  # SHA-256 of the carry state after this chunk
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    file: str
+    sha256: str
+
+
+@dataclass
+class JobManifest:
+    fingerprint: str
+    inputs: dict[str, str]
+    layout: dict  # num_chunks, output_frames, height, width, fps
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    states: dict[int, StateRecord] = field(default_factory=dict)  # chunk index -> state after it
+    pending: list[ChunkRecord] = field(default_factory=list)  # chunks being re-verified after damage
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        body = {
+            "format": self.format,
+            "fingerprint": self.fingerprint,
+            "inputs": self.inputs,
+            "layout": self.layout,
+            "chunks": [asdict(c) for c in self.chunks],
+            "states": {str(k): asdict(v) for k, v in sorted(self.states.items())},
+            "pending": [asdict(c) for c in self.pending],
+        }
+        return json.dumps(body, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> "JobManifest":
+        """Parse a manifest; anything unreadable is ``JobDamagedError`` (never a traceback)."""
+        try:
+            body = json.loads(text)
+            version = body.get("format")
+            if version not in READABLE_FORMATS:
+                raise JobDamagedError(f"{where} has job format {version!r}; this release reads "
+                                      f"{READABLE_FORMATS}.", "Update the node pack, or pick a new job_name.")
+            chunks = [ChunkRecord(**c) for c in body["chunks"]]
+            states = {int(k): StateRecord(**v) for k, v in body.get("states", {}).items()}
+            if version == 1 and body.get("state_file") and chunks:
+                states[chunks[-1].index] = StateRecord(body["state_file"], "")
+            pending = [ChunkRecord(**c) for c in body.get("pending", [])]
+            return cls(body["fingerprint"], dict(body["inputs"]), dict(body["layout"]), chunks, states,
+                       pending, version)
+        except JobDamagedError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise JobDamagedError(
+                f"{where} is damaged and cannot be read ({type(exc).__name__}).",
+                "Move that job folder away (or delete it) to start over, or pick another job_name.",
+            ) from exc
