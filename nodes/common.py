@@ -48,9 +48,19 @@ def translate_error(exc: Exception, stage: str) -> InfiniteTalkError:
         return exc
     if _is_oom(exc):
         return OutOfMemoryError(f"Out of memory while {stage}: {str(exc).splitlines()[0][:200]}", OOM_FIX)
+    if isinstance(exc, OSError) or (isinstance(exc, ValueError) and "null byte" in str(exc).lower()):
+        from ..infinitetalk_core.stream.job_files import disk_errors
+
+        try:
+            with disk_errors(stage):
+                raise exc
+        except InfiniteTalkError as mapped:
+            return mapped
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     return GenerationError(
-        f"{type(exc).__name__} while {stage}: {str(exc)[:300]}",
-        "Check the inputs named above; if it persists, report it with the console log.",
+        f"Unexpected {type(exc).__name__} while {stage}: {first_line}.",
+        "This is a bug in the node pack: please report it with the console log (the full traceback is "
+        "there). Finished chunks are kept; queue again to resume.",
     )
 
 

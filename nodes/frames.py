@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -59,12 +60,21 @@ class ImageFrames:
             yield part.mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+_DELETED_EPOCH: dict[str | None, int] = {}  # sampler node id -> job folders deleted after a combine
+
+
+def job_epoch(node_id: str | None) -> int:
+    """Changes when Video Combine deleted the job folder a sampler node returned (its IS_CHANGED)."""
+    return _DELETED_EPOCH.get(node_id, 0)
+
+
 @dataclass
 class JobFrames:
     """What flows on an INFINITETALK_FRAMES socket: a finished (or partial) job directory."""
 
     job: Any  # infinitetalk_core.stream.job.JobDirectory
     fps_value: Fraction = Fraction(25)
+    producer: str | None = None  # the sampler node's id
 
     @property
     def path(self) -> str:
@@ -87,19 +97,28 @@ class JobFrames:
         return _fps(self.fps_value)
 
     def iter_uint8(self, batch: int) -> Iterator[np.ndarray]:
-        for chunk in self.job.iter_frame_batches():  # memory-mapped, one chunk at a time
+        if not Path(self.job.path).is_dir():
+            from ..infinitetalk_core.errors import JobDamagedError
+
+            raise JobDamagedError(f"The job folder '{Path(self.job.path).name}' no longer exists (deleted after "
+                                  "an earlier combine, or by hand).",
+                                  "Queue the workflow again: the Streaming Sampler renders it again.")
+        for chunk in self.job.iter_frame_batches():  # one chunk at a time, each checked against its hash
             for i in range(0, len(chunk), batch):
                 yield np.ascontiguousarray(chunk[i:i + batch])
 
     def last_frames(self, count: int) -> torch.Tensor:
         """The last ``count`` frames as an IMAGE [count, H, W, 3] (previews, the optional IMAGE output)."""
-        kept: list[np.ndarray] = []
-        for chunk in self.job.iter_frame_batches():
-            kept.append(np.asarray(chunk[-count:]))
-            kept = [np.concatenate(kept)[-count:]] if kept else kept
-        if not kept:
-            return torch.zeros(0, self.height, self.width, 3)
-        return torch.from_numpy(kept[0].copy()).float().div(255)
+        frames = self.job.last_frames(count)
+        return torch.from_numpy(np.array(frames, dtype=np.float32)).div(255)
+
+    def delete_job(self) -> None:
+        """Remove the job folder (Video Combine, job_retention = delete_after_combine); the sampler that
+        made it runs again next time (see ``job_epoch``) instead of handing out a deleted folder."""
+        from ..infinitetalk_core.stream.job_files import remove_job_folder
+
+        remove_job_folder(self.job.path)
+        _DELETED_EPOCH[self.producer] = _DELETED_EPOCH.get(self.producer, 0) + 1
 
     def __repr__(self) -> str:  # shown in ComfyUI's debug output
         return f"JobFrames({self.path!r}, {self.frame_count} frames, {self.width}x{self.height})"

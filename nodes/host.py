@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,7 +92,14 @@ class TorchHost:
         return Path(os.environ.get("INFINITETALK_OUTPUT_DIR", "output")).expanduser()
 
     def temp_dir(self) -> Path:
-        return Path(os.environ.get("INFINITETALK_TEMP_DIR", self.output_dir() / "temp")).expanduser()
+        default = Path(tempfile.gettempdir()) / "infinitetalk"  # never inside the output folder
+        return Path(os.environ.get("INFINITETALK_TEMP_DIR", default)).expanduser()
+
+    def save_path(self, prefix: str) -> tuple[Path, str]:
+        """(mp4 path, subfolder) for an output prefix; refuses prefixes that leave the output folder."""
+        from .output_paths import next_output_path
+
+        return next_output_path(self.output_dir(), prefix)
 
     def operations(self, weight_dtype: torch.dtype | None) -> Any:
         return torch.nn  # the core's default layers
@@ -167,6 +175,11 @@ class ComfyHost(TorchHost):
 
     def temp_dir(self) -> Path:
         return Path(self.folder_paths.get_temp_directory())
+
+    def save_path(self, prefix: str) -> tuple[Path, str]:
+        from .output_paths import comfy_output_path
+
+        return comfy_output_path(self.folder_paths, prefix)
 
     def operations(self, weight_dtype: torch.dtype | None) -> Any:
         """``comfy.ops`` layers: weights stay in their storage dtype and are cast at use.

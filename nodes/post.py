@@ -1,16 +1,16 @@
 """Color Match (post-process any frames) and Video Combine (frames + audio -> mp4 in the output folder)."""
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
 
+from ..infinitetalk_core.errors import InfiniteTalkError
 from .common import CATEGORY, FRAMES_TYPE, coded_errors, comfy_audio, require
 from .frames import FramesSource, ImageFrames
 from .host import get_host
+from .output_paths import output_name_parts
 
 BATCH = 16  # frames per write: memory stays at one batch whatever the video length
+RETENTION = ("keep", "delete_after_combine")
 
 
 class InfiniteTalkColorMatch:
@@ -81,45 +81,53 @@ class InfiniteTalkVideoCombine:
                 "frames": (FRAMES_TYPE, {"tooltip": "The Streaming Sampler's frames (read from its job "
                                          "folder batch by batch, never all in RAM)."}),
                 "images": ("IMAGE", {"tooltip": "Any IMAGE batch instead of a frames handle."}),
-                "audio": ("AUDIO", {"tooltip": "Track to mux (trimmed or padded to the video length). "
-                                    "Leave empty for a silent video."}),
+                "audio": ("AUDIO", {"tooltip": "Track to mux (trimmed or padded to the video length): "
+                                    "Audio Encode's audio output carries both speakers. Leave empty for a "
+                                    "silent video."}),
+                "job_retention": (list(RETENTION), {"default": "keep", "tooltip":
+                                  "keep: the sampler's job folder stays (re-combine or repair later; about "
+                                  "100-150 MB per minute of 480p video). delete_after_combine: remove it once "
+                                  "this mp4 is written (re-queueing then renders again)."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix="", **_):
-        if ".." in Path(str(filename_prefix)).parts:
-            return "E_INPUT_VALIDATION: filename_prefix must stay inside the output folder. Fix: remove '..'."
+    def VALIDATE_INPUTS(cls, filename_prefix=""):
+        """Early, for typed-in prefixes (linked ones arrive as None); combine() checks again itself."""
+        if filename_prefix is None:
+            return True
+        try:
+            output_name_parts(str(filename_prefix))
+        except InfiniteTalkError as exc:
+            return str(exc)
         return True
 
     @coded_errors("writing the mp4")
-    def combine(self, fps, filename_prefix, crf, frames=None, images=None, audio=None):
+    def combine(self, fps, filename_prefix, crf, frames=None, images=None, audio=None, job_retention="keep",
+                unique_id=None):
         from ..infinitetalk_core.video.writer import Mp4Writer
 
         require((frames is None) != (images is None), "Video Combine needs exactly one of frames or images.",
                 "Connect the Streaming Sampler's frames output, or an IMAGE batch, but not both.")
+        require(job_retention in RETENTION, f"job_retention={job_retention!r} is not one of {RETENTION}.",
+                "Choose keep or delete_after_combine.")
         source: FramesSource = frames if frames is not None else ImageFrames(images, fps)
-        path, subfolder = _next_output_path(get_host().output_dir(), filename_prefix)
+        host = get_host()
+        path, subfolder = host.save_path(filename_prefix)  # refuses prefixes that leave output/
         sound = None if audio is None else _audio_source(audio)
+        host.send_progress({"stage": "muxing", "chunk": 0, "chunks": 0}, unique_id)
         with Mp4Writer(path, source.width, source.height, source.frame_count, audio=sound,
-                       fps=source.fps, crf=crf) as writer:
+                       fps=source.fps, crf=crf, temp_dir=host.temp_dir()) as writer:
             for batch in source.iter_uint8(BATCH):
                 writer.write(batch)
+        if frames is not None and job_retention == "delete_after_combine":
+            frames.delete_job()
+        host.send_progress({"stage": "done", "chunk": 0, "chunks": 0, "fraction": 1.0}, unique_id)
         ui = {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
-        return {"ui": ui, "result": (get_host().wrap_video_file(str(path)), str(path))}
+        return {"ui": ui, "result": (host.wrap_video_file(str(path)), str(path))}
 
 
 def _audio_source(audio):
     waveform, rate = comfy_audio(audio)
     return (waveform[0] if waveform.ndim == 3 else waveform, rate)
-
-
-def _next_output_path(root: Path, prefix: str) -> tuple[Path, str]:
-    """``root/<sub>/<name>_00001.mp4`` with the next free counter (ComfyUI's naming scheme)."""
-    prefix = prefix.strip().strip("/") or "InfiniteTalk/talk"
-    sub, _, name = prefix.rpartition("/")
-    folder = root / sub
-    folder.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(re.escape(name) + r"_(\d{5})\.mp4$")
-    used = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
-    return folder / f"{name}_{max(used, default=0) + 1:05d}.mp4", sub

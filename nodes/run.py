@@ -7,7 +7,6 @@ chunks go straight into the job folder, so an interrupt or crash keeps them (re-
 from __future__ import annotations
 
 import logging
-import shutil
 from fractions import Fraction
 
 import torch
@@ -18,9 +17,12 @@ from ..infinitetalk_core.stream.guidance import GuidanceConfig
 from ..infinitetalk_core.stream.hooks import StreamHooks
 from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, tensor_digest
 from ..infinitetalk_core.stream.job import JobFingerprint, digest_json
-from ..infinitetalk_core.stream.render import commit_chunks, open_job
+from ..infinitetalk_core.stream.job_files import disk_errors, job_folder, remove_job_folder, safe_job_name
+from ..infinitetalk_core.stream.render import open_job, run_job
 from ..infinitetalk_core.stream.settings import StreamSettings
+from ..infinitetalk_core.stream.validation import validate_stream_inputs
 from .common import first_image_to_pil, require
+from .sampler_checks import check_sampler_settings, speaker_weights_warning
 from .frames import JobFrames
 from .host import get_host
 
@@ -93,62 +95,144 @@ def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
     return JobFingerprint(inputs)
 
 
-def job_path(root, name: str, fingerprint: JobFingerprint, resume: bool):
-    """``root/<job_name>`` or ``root/<fingerprint>``; emptied first when the user turned resume off."""
-    path = root / (name.strip() or fingerprint.digest[:16])
-    if not resume and path.exists():
-        shutil.rmtree(path)  # the user asked to start over
-    return path
+class _DeferredInterrupt:
+    """ComfyUI raises its interrupt from inside progress updates (and VAE decodes with a progress bar).
+    Raised during a chunk's last step or its decode it would throw a finished chunk away, so it is held
+    here and raised at the next safe point: before a denoising step, or right after the chunk is saved."""
+
+    def __init__(self, host):
+        self.host, self.pending = host, None
+
+    def guard(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            if not self.host.is_interrupt(exc):
+                raise
+            self.pending = exc
+
+    def raise_pending(self) -> None:
+        if self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
 
 
-def _hooks(host, progress, steps: int, node_id) -> StreamHooks:
+class _FinishingVAE:
+    """The VAE for one run: a decode hit by an interrupt is repeated (the chunk is complete by then);
+    the interrupt is raised after the chunk is committed."""
+
+    def __init__(self, vae, deferred: _DeferredInterrupt):
+        self.vae, self.deferred = vae, deferred
+
+    def encode(self, pixels):
+        return self.vae.encode(pixels)
+
+    def decode(self, latents):
+        for _ in range(3):
+            try:
+                return self.vae.decode(latents)
+            except BaseException as exc:
+                if not self.deferred.host.is_interrupt(exc):
+                    raise
+                self.deferred.pending = exc
+        return self.vae.decode(latents)
+
+
+def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt) -> StreamHooks:
+    def send(stage: str, chunk: int, chunks: int, step: int, eta, **extra) -> None:
+        fraction = (chunk * steps + step) / max(1, chunks * steps)
+        host.send_progress({"stage": stage, "chunk": chunk, "chunks": chunks, "step": step, "steps": steps,
+                            "fraction": fraction, "eta": eta, **extra}, node_id)
+
+    def on_stage(s):
+        deferred.guard(send, s.stage, s.chunk, s.num_chunks, steps if s.stage == "decoding" else 0,
+                       s.eta_seconds)
+
     def on_step(p):
-        progress.update(p.chunk * steps + p.step)
-        host.send_progress({"chunk": p.chunk, "chunks": p.num_chunks, "step": p.step, "steps": p.steps,
-                            "fraction": p.fraction, "eta": p.eta_seconds}, node_id)
+        deferred.guard(progress.update, p.chunk * steps + p.step)
+        deferred.guard(send, "sampling", p.chunk, p.num_chunks, p.step, p.eta_seconds)
 
-    def on_chunk(c):
+    def on_chunk(c):  # runs after the chunk is committed: a held interrupt may stop the run now
         frames = ((c.frames[:, -1:].float() + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0)
-        progress.update((c.chunk + 1) * steps, first_image_to_pil(frames))
-        host.send_progress({"chunk": c.chunk + 1, "chunks": c.num_chunks, "step": 0, "steps": steps,
-                            "fraction": (c.chunk + 1) / c.num_chunks, "eta": c.eta_seconds, "chunk_done": True},
-                           node_id)
+        deferred.guard(progress.update, (c.chunk + 1) * steps, first_image_to_pil(frames))
+        deferred.guard(send, "sampling", c.chunk + 1, c.num_chunks, 0, c.eta_seconds, chunk_done=True)
+        deferred.raise_pending()
 
     def check_interrupt():
+        deferred.raise_pending()
         host.check_interrupt()  # ComfyUI raises its own (BaseException) interrupt here
         return False
 
-    return StreamHooks(on_step, on_chunk, check_interrupt)
+    return StreamHooks(on_step, on_chunk, check_interrupt, on_stage)
 
 
-def run_stream(inputs: dict) -> tuple:
-    """Everything the Streaming Sampler does; returns (frames handle, IMAGE, frame count, fps)."""
-    host, model, refs, feats = get_host(), inputs["model"], inputs["references"], inputs["audio_features"]
+def _prepare(inputs: dict, host, node_id):
+    """Everything checked before the job folder is touched: settings, sizes, plan, conditioning inputs."""
+    check_sampler_settings(inputs)
+    name = safe_job_name(inputs.get("job_name") or "")
+    model, refs, feats = inputs["model"], inputs["references"], inputs["audio_features"]
     size, family = target_size(inputs, refs)
     settings = _settings(inputs, refs, family)
     plan = plan_chunks(feats.num_frames, inputs["chunk_frames"], inputs["context_frames"],
                        inputs.get("max_frames") or None)
-    vae, text = WanNormalizedVAE(inputs["vae"]), text_contexts(inputs["positive"], inputs["negative"])
-    encoder = ClipVisionEncoder(inputs["clip_vision"])
+    warning = speaker_weights_warning(model.files, feats.num_speakers)
+    if warning:
+        log.warning(warning)
+        host.send_progress({"stage": "preparing", "chunk": 0, "chunks": plan.num_chunks, "warning": warning},
+                           node_id)
+    text = text_contexts(inputs["positive"], inputs["negative"])
     masks = None if feats.num_speakers == 1 else speaker_masks(refs.height, refs.width, *size, 2, feats.boxes)
+    return name, model, refs, feats, size, settings, plan, text, masks
+
+
+def _open_render_job(host, inputs, name, fingerprint, plan, size):
+    root = host.output_dir() / JOBS_FOLDER
+    with disk_errors("creating the jobs folder"):
+        root.mkdir(parents=True, exist_ok=True)
+    path = job_folder(root, name, fingerprint.digest)
+    if not inputs["resume"]:
+        remove_job_folder(path)  # the user asked to start over; only ever a job folder of ours
+    return open_job(path, None, fingerprint, plan, size)
+
+
+def run_stream(inputs: dict) -> tuple:
+    """Everything the Streaming Sampler does; returns (frames handle, IMAGE, frame count, fps)."""
+    host, node_id = get_host(), inputs.get("unique_id")
+    host.send_progress({"stage": "preparing", "chunk": 0, "chunks": 0}, node_id)
+    name, model, refs, feats, size, settings, plan, text, masks = _prepare(inputs, host, node_id)
+    deferred = _DeferredInterrupt(host)
+    vae, encoder = _FinishingVAE(WanNormalizedVAE(inputs["vae"]), deferred), ClipVisionEncoder(inputs["clip_vision"])
     source = refs.open(size)
     try:
+        validate_stream_inputs(model.managed.module, plan, source, feats.features, text, settings, encoder,
+                               masks, None)
+        host.send_progress({"stage": "encoding_references", "chunk": 0, "chunks": plan.num_chunks}, node_id)
         fingerprint = _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
-        path = job_path(host.output_dir() / JOBS_FOLDER, inputs.get("job_name", ""), fingerprint,
-                        inputs["resume"])
-        job, state = open_job(path, None, fingerprint, plan, size)
-        if not job.is_complete:
-            device = host.load_for_use([model.managed])
-            progress = host.progress(plan.num_chunks * settings.steps)
-            progress.update(job.chunks_done * settings.steps)
-            chunks = generate_chunks(model.managed.module, vae, plan, source, feats.features, text, settings,
-                                     image_encoder=encoder, ref_target_masks=masks, state=state,
-                                     hooks=_hooks(host, progress, settings.steps, inputs.get("unique_id")),
-                                     device=device)
-            commit_chunks(job, chunks)
-            progress.close()
+        job, _ = _open_render_job(host, inputs, name, fingerprint, plan, size)
+        try:
+            if not job.is_complete:
+                _render(host, job, model, vae, plan, source, feats, text, settings, encoder, masks, node_id,
+                        deferred)
+        finally:
+            job.close()
     finally:
         source.close()
-    frames = JobFrames(job, Fraction(25))
+    frames = JobFrames(job, Fraction(25), None if node_id is None else str(node_id))
     images = frames.last_frames(max(1, inputs.get("image_frames", 1)))
     return (frames, images, frames.frame_count, 25.0)
+
+
+def _render(host, job, model, vae, plan, source, feats, text, settings, encoder, masks, node_id, deferred):
+    device = host.load_for_use([model.managed])
+    progress = host.progress(plan.num_chunks * settings.steps)
+    progress.update(job.chunks_done * settings.steps)
+    hooks = _hooks(host, progress, settings.steps, node_id, deferred)
+
+    def chunks_from(state):
+        return generate_chunks(model.managed.module, vae, plan, source, feats.features, text, settings,
+                               image_encoder=encoder, ref_target_masks=masks, state=state, hooks=hooks,
+                               device=device)
+
+    run_job(job, chunks_from)
+    deferred.raise_pending()
+    progress.close()

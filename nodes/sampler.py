@@ -13,7 +13,6 @@ from .common import (
     FRAMES_TYPE,
     MODEL_TYPE,
     REFERENCES_TYPE,
-    check_4n1,
     coded_errors,
 )
 
@@ -77,8 +76,9 @@ class InfiniteTalkStreamingSampler:
                                   "Text CFG scale (reference 5; 1 with a distill LoRA saves a pass)."}),
                 "audio_guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
                                    "Audio CFG scale: higher = stronger lip sync (reference 4; 2 with a LoRA)."}),
-                "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "tooltip":
-                         "Seed; chunk k's noise depends only on (seed, k), so resumes are identical."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": "fixed",
+                         "tooltip": "Seed; chunk k's noise depends only on (seed, k), so resumes are identical. "
+                         "Keep the editor's control on 'fixed' so re-queueing resumes the same job."}),
                 "color_method": (list(COLOR_METHODS), {"default": "lab", "tooltip":
                                  "Colour correction inside the loop (lab = the reference's CIELAB mean/std); "
                                  "none disables it."}),
@@ -112,24 +112,11 @@ class InfiniteTalkStreamingSampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, chunk_frames=None, context_frames=None, size=None, width=None, height=None):
-        """Checks that need no model: fail before anything loads (values from linked inputs are None)."""
-        problems = []
-        for name, value in (("chunk_frames", chunk_frames), ("context_frames", context_frames)):
-            if value is not None:
-                problems.append(check_4n1(name, value))
-        if chunk_frames is not None and context_frames is not None and context_frames >= chunk_frames:
-            problems.append(f"context_frames={context_frames} must be smaller than chunk_frames={chunk_frames}; "
-                            "use 9 context frames with 81-frame chunks.")
-        if size == "custom":
-            for name, value in (("width", width), ("height", height)):
-                if value is not None and value % 16:
-                    problems.append(f"{name}={value} is not a multiple of 16 (VAE 8x and patch 2x); "
-                                    f"use {value - value % 16} or {value - value % 16 + 16}.")
-        problems = [p for p in problems if p]
-        if problems:
-            return "E_INPUT_VALIDATION: " + " ".join(problems) + " Fix: change the values named above."
-        return True
+    def IS_CHANGED(cls, unique_id=None, **_):
+        """Same inputs -> ComfyUI's cache; re-run only after Video Combine deleted this node's job folder."""
+        from .frames import job_epoch
+
+        return job_epoch(None if unique_id is None else str(unique_id))
 
     @coded_errors("generating the video")
     def sample(self, **inputs):

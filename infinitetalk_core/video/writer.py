@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from fractions import Fraction
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import FFmpegError, InputValidationError
+from ..stream.job_files import disk_errors
 from .ffmpeg import ffmpeg_exe, stderr_tail
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class Mp4Writer:
         fps: Fraction | int = 25,
         crf: int = 19,
         preset: str = "medium",
+        temp_dir: str | Path | None = None,
     ):
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise InputValidationError(
@@ -77,12 +80,25 @@ class Mp4Writer:
         if frame_count < 1:
             raise InputValidationError(f"frame_count is {frame_count}.", "Write at least one frame.")
         self.path, self.size, self.frame_count = Path(path), (height, width), frame_count
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.written = 0
         self._temps: list[Path] = []
-        fd, tmp = tempfile.mkstemp(suffix=".part.mp4", dir=self.path.parent)
-        os.close(fd)
+        self._log = tempfile.TemporaryFile()  # stderr to a file: a full pipe would deadlock the encoder
+        # work files live in the temp folder, never beside the output: a failure leaves nothing in output/
+        self._temp_dir = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
+        with disk_errors(f"preparing '{self.path.name}'"):
+            self._temp_dir.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".part.mp4", dir=self._temp_dir)
+            os.close(fd)
         self._tmp = Path(tmp)
+        try:
+            self._start(width, height, frame_count, audio, fps, crf, preset)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            self._cleanup()
+            raise
+
+    def _start(self, width, height, frame_count, audio, fps, crf, preset) -> None:
         seconds = f"{float(Fraction(frame_count) / Fraction(fps)):.6f}"
         args = ["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-"]
         args += self._audio_input(audio)
@@ -113,7 +129,6 @@ class Mp4Writer:
                 f"atrim=end={seconds},apad=whole_dur={seconds}",
             ]
         args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(self._tmp)]
-        self._log = tempfile.TemporaryFile()  # stderr to a file: a full pipe would deadlock the encoder
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
         log.debug("ffmpeg: %s", " ".join(cmd))
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)
@@ -126,7 +141,7 @@ class Mp4Writer:
                 raise InputValidationError(f"Audio file '{audio}' does not exist.", "Check the path.")
             return ["-i", str(audio)]
         waveform, rate = audio
-        raw, channels = _waveform_to_f32le(waveform, rate, self.path.parent)
+        raw, channels = _waveform_to_f32le(waveform, rate, self._temp_dir)
         self._temps.append(raw)
         return ["-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-i", str(raw)]
 
@@ -191,8 +206,12 @@ class Mp4Writer:
                 f"ffmpeg failed to encode '{self.path}': {message}",
                 "Check the audio input and the free disk space.",
             )
-        os.replace(self._tmp, self.path)
-        self._cleanup()
+        try:
+            with disk_errors(f"saving '{self.path.name}'"):
+                shutil.move(str(self._tmp), str(self.path))  # a rename when temp and output share a disk
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            self._cleanup()
         return self.path
 
     def __enter__(self) -> "Mp4Writer":

@@ -95,24 +95,36 @@ def test_model_lists_come_from_the_models_folder(pack, models_dir):
     assert w2v["required"]["wav2vec_model"][0] == ["w2v.safetensors"]
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"chunk_frames": 80, "context_frames": 9}, "chunk_frames=80 is not 4n+1"),
-    ({"chunk_frames": 81, "context_frames": 8}, "context_frames=8 is not 4n+1"),
-    ({"chunk_frames": 41, "context_frames": 41}, "must be smaller than chunk_frames"),
-    ({"chunk_frames": 81, "context_frames": 9, "size": "custom", "width": 840, "height": 480},
-     "width=840 is not a multiple of 16"),
+GOOD = {"chunk_frames": 81, "context_frames": 9, "steps": 40, "size": "auto_480", "width": 832, "height": 480}
+
+
+@pytest.mark.parametrize("change, field, needle", [
+    ({"chunk_frames": 80}, "chunk_frames", "chunk_frames=80 is not 4n+1"),
+    ({"context_frames": 8}, "context_frames", "context_frames=8 is not 4n+1"),
+    ({"chunk_frames": 41, "context_frames": 41}, "context_frames", "must be smaller than chunk_frames"),
+    ({"size": "custom", "width": 840}, "width", "width=840 is not a multiple of 16"),
+    ({"size": "custom", "height": 490}, "height", "height=490 is not a multiple of 16"),
+    ({"steps": 0}, "steps", "steps=0 is outside"),
+    ({"max_frames": -5}, "max_frames", "max_frames=-5 is negative"),
+    ({"chunk_frames": "81"}, "chunk_frames", "is not a whole number"),
 ])
-def test_sampler_rejects_impossible_settings_before_loading(pack, kwargs, needle):
-    result = pack.NODE_CLASS_MAPPINGS["InfiniteTalkStreamingSampler"].VALIDATE_INPUTS(**kwargs)
-    assert isinstance(result, str) and result.startswith("E_INPUT_VALIDATION:") and needle in result
-    assert "Fix:" in result
+def test_sampler_names_the_one_wrong_field(pack_module, change, field, needle):
+    checks = pack_module("nodes.sampler_checks")
+    with pytest.raises(ValueError) as err:
+        checks.check_sampler_settings({**GOOD, **change})
+    message = str(err.value)
+    assert message.startswith("E_INPUT_VALIDATION:") and needle in message and " Fix: " in message
+    others = {"chunk_frames", "context_frames", "width", "height", "steps", "max_frames"} - {field}
+    assert not any(f"{o}=" in message for o in others if o != "chunk_frames" or field != "context_frames")
 
 
-def test_sampler_accepts_good_and_linked_settings(pack):
-    validate = pack.NODE_CLASS_MAPPINGS["InfiniteTalkStreamingSampler"].VALIDATE_INPUTS
-    assert validate(chunk_frames=81, context_frames=9, size="auto_480", width=840, height=480) is True
-    assert validate(chunk_frames=None, context_frames=9) is True  # linked input: checked at run time
-    assert validate(chunk_frames=49, context_frames=13, size="custom", width=512, height=768) is True
+def test_sampler_accepts_good_settings_and_has_no_multi_field_validate(pack, pack_module):
+    checks = pack_module("nodes.sampler_checks")
+    checks.check_sampler_settings(GOOD)  # auto size: width/height are not used
+    checks.check_sampler_settings({**GOOD, "chunk_frames": 49, "context_frames": 13, "size": "custom",
+                                   "width": 512, "height": 768})
+    # ComfyUI files a VALIDATE_INPUTS failure under every argument: the sampler must not have one
+    assert not hasattr(pack.NODE_CLASS_MAPPINGS["InfiniteTalkStreamingSampler"], "VALIDATE_INPUTS")
 
 
 def test_video_combine_rejects_escaping_prefix(pack):
