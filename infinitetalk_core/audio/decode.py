@@ -9,6 +9,7 @@ track of any video container ffmpeg reads.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -75,7 +76,7 @@ def load_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise AudioInputError(f"audio file not found: {path}", "Check the path; use an absolute path.")
-    cmd = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path),
+    cmd = [ffmpeg_executable(), "-nostdin", "-hide_banner", "-v", "info", "-i", str(path),
            "-map", "0:a:0", "-vn", "-sn", "-dn", "-acodec", "pcm_f32le", "-f", "wav", "-"]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
@@ -89,9 +90,32 @@ def load_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
     samples, rate = _parse_float_wav(proc.stdout, path.name)
     if samples.shape[1] == 0:
         raise AudioInputError(f"{path.name} contains an empty audio track", "Use a file with sound.")
+    check_complete_decode(path.name, samples.shape[1] / rate, proc.stderr.decode("utf-8", "replace"))
     logger.debug("decoded %s: %d ch, %d Hz, %.2f s", path.name, samples.shape[0], rate,
                  samples.shape[1] / rate)
     return samples, rate
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_DECODE_ERROR = re.compile(r"error|invalid|header missing|corrupt|overread", re.IGNORECASE)
+
+
+def check_complete_decode(name: str, decoded_seconds: float, log: str) -> None:
+    """Refuse a file that decoded to much less than its container says (ffmpeg exits 0 on a damaged
+    mp3 and simply stops early); a few decoder errors with the full length are only logged."""
+    errors = [ln for ln in log.splitlines() if _DECODE_ERROR.search(ln) and not ln.lstrip().startswith("Stream")]
+    match = _DURATION.search(log)
+    if match:
+        h, m, sec = match.groups()
+        expected = int(h) * 3600 + int(m) * 60 + float(sec)
+        if decoded_seconds < expected * 0.97 - 0.1:
+            raise AudioInputError(
+                f"{name} is damaged: it decoded to {decoded_seconds:.2f} s of its {expected:.2f} s"
+                f" ({len(errors)} decoder errors)",
+                "Re-export or re-download the file (e.g. convert it to wav in an audio editor) and load it again.",
+            )
+    if errors:
+        logger.warning("%s: %d decoder errors (length is complete); first: %s", name, len(errors), errors[0][:200])
 
 
 def audio_from_comfy(audio: Any) -> tuple[np.ndarray, int]:

@@ -140,16 +140,19 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """State dict of a .safetensors or torch pickle (.bin/.pt, weights_only) file."""
     if not path.is_file():
         raise PipelineLoadError(f"wav2vec2 weights not found: {path}", "Check the path.")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix != ".safetensors":
+        from ..model.checkpoint import torch_load_safely
 
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
-        raise PipelineLoadError(f"cannot read wav2vec2 weights {path.name}: {exc}",
-                                "The file is truncated or not a checkpoint; download it again.") from exc
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+        state = torch_load_safely(path, "wav2vec2 weights")
+        return state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own error types for damaged headers/data
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise PipelineLoadError(f"cannot read wav2vec2 weights {path.name} ({first}).",
+                                "The file is truncated or damaged; download it again.") from None
 
 
 def load_state_dict_strict(model, state: dict[str, torch.Tensor], source: str) -> None:

@@ -143,20 +143,45 @@ def _entry(path: Path, name: str, info: object, data_start: int, size: int) -> T
     return TensorEntry(name, dtype, shape, data_start + begin, data_start + end)
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load`` with weights_only=True; memory-mapped when the file is in the zip format."""
+def torch_load_safely(path: Path, what: str = "checkpoint"):
+    """``torch.load(weights_only=True)``, memory-mapped for zip files, plain for legacy (non-zip) ones.
+
+    A pickle that needs more than tensors is refused in one line (loading it could run code); a file
+    torch cannot read at all is reported as damaged. Never suggests ``weights_only=False``.
+    """
+    import pickle
+
+    path = Path(path)
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e) and "zip" not in str(e):
                 raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
-    except Exception as e:  # pickle errors have many types; all mean "cannot read this file safely"
-        raise PipelineLoadError(
-            f"{path}: torch.load(weights_only=True) could not read it ({type(e).__name__}: {e}).",
-            "Use the .safetensors version of this model; if this is the right file it may be truncated.",
-        ) from None
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise PipelineLoadError(
+                f"{path.name} ({what}) holds Python objects besides tensors; loading it could run code, so it "
+                "was refused for safety.",
+                "Use the .safetensors version of this file.",
+            ) from None
+        raise _unreadable(path, what, e) from None
+    except Exception as e:  # zip/EOF/format errors of many types: all mean "cannot read this file"
+        raise _unreadable(path, what, e) from None
+
+
+def _unreadable(path: Path, what: str, e: Exception) -> PipelineLoadError:
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    return PipelineLoadError(
+        f"{path.name} ({what}) cannot be read as a PyTorch checkpoint ({type(e).__name__}: {first}).",
+        "It is truncated or not a checkpoint: download it again, or use its .safetensors version.",
+    )
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A torch pickle file as a plain state dict (see ``torch_load_safely``)."""
+    obj = torch_load_safely(path)
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -208,9 +208,22 @@ class TextContexts:
         return digest.hexdigest()
 
 
+DIGEST_SLICE_BYTES = 16 << 20  # hash big tensors (hours of audio features) 16 MB at a time
+
+
 def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes (for job manifests)."""
-    c = t.detach().to("cpu").contiguous()
+    """SHA-256 of a tensor's dtype, shape and bytes (for job manifests), read in 16 MB slices so that
+    hashing never copies the whole tensor (two hours of fp32 audio features are ~6 GB)."""
+    c = t.detach()
     digest = hashlib.sha256(f"{c.dtype}|{tuple(c.shape)}|".encode())
-    digest.update(c.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16/fp8 included
+    flat = c.reshape(-1) if c.is_contiguous() else None
+    rows = max(1, DIGEST_SLICE_BYTES // max(1, c.element_size()))
+    if flat is None:  # non-contiguous: slice along the first dimension instead of copying it all
+        rows_per = max(1, DIGEST_SLICE_BYTES // max(1, c[:1].numel() * c.element_size()))
+        for i in range(0, max(1, c.shape[0]) if c.ndim else 1, rows_per):
+            part = (c[i:i + rows_per] if c.ndim else c).to("cpu").contiguous().reshape(-1)
+            digest.update(part.view(torch.uint8).numpy().data)
+        return digest.hexdigest()
+    for i in range(0, flat.numel(), rows):  # any dtype, bf16/fp8 included (viewed as bytes)
+        digest.update(flat[i:i + rows].to("cpu").contiguous().view(torch.uint8).numpy().data)
     return digest.hexdigest()

@@ -42,9 +42,29 @@ def uint8_to_pixels(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t / 127.5 - 1.0
 
 
+LARGE_RESIZE = 4  # resized frame > 4x the crop: sample only the crop (a 10000x10 image needs GBs otherwise)
+
+
+def _bilinear_axis(pixels: torch.Tensor, dim: int, full: int, start: int, count: int) -> torch.Tensor:
+    """Output samples [start, start+count) of a bilinear resize (align_corners=False) of ``dim`` to
+    ``full`` samples, computed from the source only: PyTorch's own sampling formula."""
+    size = pixels.shape[dim]
+    dst = torch.arange(start, start + count, dtype=torch.float64)
+    src = ((dst + 0.5) * (size / full) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=size - 1)
+    i1 = (i0 + 1).clamp(max=size - 1)
+    shape = [1] * pixels.ndim
+    shape[dim] = count
+    weight = (src - i0).float().reshape(shape)
+    return pixels.index_select(dim, i0) * (1 - weight) + pixels.index_select(dim, i1) * weight
+
+
 def resize_crop_pixels(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[3, H, W] -> [3, height, width]: the reference's cover-resize (bilinear) and centre crop."""
     g = resize_crop_geometry(pixels.shape[-2], pixels.shape[-1], height, width)
+    if g.resize_h * g.resize_w > LARGE_RESIZE * height * width:
+        rows = _bilinear_axis(pixels.float(), 1, g.resize_h, g.top, height)
+        return _bilinear_axis(rows, 2, g.resize_w, g.left, width).contiguous()
     if (g.resize_h, g.resize_w) != tuple(pixels.shape[-2:]):
         pixels = F.interpolate(
             pixels[None].float(), size=(g.resize_h, g.resize_w), mode="bilinear", align_corners=False

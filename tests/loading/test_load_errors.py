@@ -236,7 +236,19 @@ def test_malicious_pickle_is_refused(tiny):
 
     path = tiny.root / "evil.pth"
     torch.save({"x": Boom()}, path)
-    _fails(path, match=r"weights_only=True\) could not read it")
+    err = _fails(path, match=r"refused for safety.* Fix: Use the \.safetensors version")
+    assert "\n" not in str(err) and "weights_only=False" not in str(err)  # one line, no unsafe advice
+
+
+def test_legacy_non_zip_pickle_loads_and_a_truncated_one_is_named(tiny):
+    from infinitetalk_core.model.checkpoint import torch_load_safely
+
+    path = tiny.root / "legacy.bin"
+    torch.save({"w": torch.ones(3)}, path, _use_new_zipfile_serialization=False)
+    assert torch_load_safely(path)["w"].eq(1).all()
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(PipelineLoadError, match="legacy.bin .*cannot be read.* Fix: .*download it again"):
+        torch_load_safely(path)
 
 
 def test_bad_fp8_mode(tiny):
