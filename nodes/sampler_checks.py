@@ -23,8 +23,30 @@ def _int(inputs: dict, name: str) -> int:
     return value
 
 
-def check_sampler_settings(inputs: dict) -> None:
+def check_declared(inputs: dict, declared: dict) -> None:
+    """The node's own INPUT_TYPES limits (combo choices, min/max) for callers that bypass ComfyUI's
+    checks: API scripts, other packs calling the node function, our plain-torch host."""
+    specs = {**declared.get("required", {}), **declared.get("optional", {})}
+    for name, spec in specs.items():
+        value = inputs.get(name)
+        if value is None:
+            continue
+        kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+        if isinstance(kind, list):
+            require(value in kind, f"{name}={value!r} is not one of {', '.join(map(str, kind))}.",
+                    f"Choose one of the listed values for {name}.")
+        elif kind in ("INT", "FLOAT"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+            require(ok, f"{name}={value!r} is not a number.", f"Set {name} to a number.")
+            low, high = options.get("min"), options.get("max")
+            require((low is None or value >= low) and (high is None or value <= high),
+                    f"{name}={value} is outside {low}..{high}.", f"Set {name} between {low} and {high}.")
+
+
+def check_sampler_settings(inputs: dict, declared: dict | None = None) -> None:
     """Raise InputValidationError naming the first wrong field (frame counts, size, steps, max_frames)."""
+    if declared is not None:
+        check_declared(inputs, declared)
     chunk, context = _int(inputs, "chunk_frames"), _int(inputs, "context_frames")
     for name, value in (("chunk_frames", chunk), ("context_frames", context)):
         problem = check_4n1(name, value) if value >= 1 else f"{name}={value} must be at least 1."
@@ -40,9 +62,10 @@ def check_sampler_settings(inputs: dict) -> None:
         for name in ("width", "height"):
             value = _int(inputs, name)
             low = value - value % SIZE_MULTIPLE
-            require(value % SIZE_MULTIPLE == 0 and value >= 64,
-                    f"{name}={value} is not a multiple of {SIZE_MULTIPLE} of at least 64 (VAE 8x and patch 2x).",
-                    f"Use {max(64, low)} or {max(64, low + SIZE_MULTIPLE)}.")
+            require(value >= 64, f"{name}={value} is below 64.", f"Use 64 or more for {name}.")
+            require(value % SIZE_MULTIPLE == 0,
+                    f"{name}={value} is not a multiple of {SIZE_MULTIPLE} (VAE 8x and patch 2x).",
+                    f"Use {low} or {low + SIZE_MULTIPLE}.")
 
 
 def _int_or_zero(inputs: dict, name: str) -> int:

@@ -73,12 +73,15 @@ class JobDirectory:
         created = not path.exists()
         with disk_errors(f"creating the job folder '{path.name}'"):
             path.mkdir(parents=True, exist_ok=True)
+        lock_is_new = not (path / LOCK).exists()
         job_lock = JobLock(path).acquire() if lock else None
         try:
             job = cls._load_or_create(path, fingerprint, layout)
         except BaseException:
             if job_lock is not None:
                 job_lock.release()
+                if lock_is_new and not created:
+                    (path / LOCK).unlink(missing_ok=True)  # leave a refused folder as we found it
             if created:
                 _remove_if_unused(path)
             raise
@@ -316,8 +319,13 @@ class JobDirectory:
 
 
 def _refuse_foreign_folder(path: Path) -> None:
-    """A non-empty folder that is not a job of ours is never taken over."""
-    if not path.is_dir() or (path / MANIFEST).is_file():
+    """A non-empty folder that is not a job of ours is never taken over (not even a lock file is added)."""
+    if not path.is_dir():
+        return
+    if (path / MANIFEST).is_file():
+        with disk_errors(f"reading the job folder '{path.name}'"):
+            text = (path / MANIFEST).read_text(errors="replace")
+        JobManifest.from_json(text, f"The manifest of job folder '{path.name}'")  # ours, or JobDamagedError
         return
     with disk_errors(f"reading the folder '{path.name}'"):
         extra = [p.name for p in path.iterdir() if p.name not in (LOCK, "chunks", "state")]

@@ -99,6 +99,14 @@ class JobManifest:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise JobDamagedError(
-                f"{where} is damaged and cannot be read ({type(exc).__name__}).",
+                f"{where} is damaged and cannot be read ({_problem(exc)}).",
                 "Move that job folder away (or delete it) to start over, or pick another job_name.",
             ) from exc
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"the field {exc} is missing"
+    if isinstance(exc, ValueError):  # json.JSONDecodeError included
+        return "it is not valid JSON"
+    return "a field has the wrong type"
