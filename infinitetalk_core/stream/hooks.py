@@ -1,7 +1,9 @@
 """Callbacks the host plugs into a streaming run: progress with ETA, previews, interrupts.
 
 - ``on_step(StepProgress)`` after every denoising step (ComfyUI: progress bar + latent preview);
-- ``on_chunk(ChunkProgress)`` after every finished chunk, with its kept frames (a video preview);
+- ``on_stage(StageProgress)`` when a chunk enters a stage (encoding_references, sampling, decoding);
+- ``on_chunk(ChunkProgress)`` after every finished chunk, once its consumer has committed it, with its
+  kept frames (a video preview);
 - ``check_interrupt()`` before every step: return True (or raise your own exception, e.g. ComfyUI's
   ``InterruptProcessingException``) to stop. True raises ``GenerationInterrupted``.
 
