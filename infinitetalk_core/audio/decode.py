@@ -139,4 +139,16 @@ def audio_from_comfy(audio: Any) -> tuple[np.ndarray, int]:
     if array.ndim != 2:
         raise AudioInputError(f"AUDIO waveform must be [B, C, T], got shape {list(np.shape(waveform))}",
                               "Connect the output of an audio loader node.")
-    return np.ascontiguousarray(array, dtype=np.float32), int(audio["sample_rate"])
+    return np.ascontiguousarray(array, dtype=np.float32), _sample_rate(audio["sample_rate"])
+
+
+def _sample_rate(value: Any) -> int:
+    """A positive whole number of Hz (an AUDIO from another pack may carry anything)."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not (rate == rate and 1 <= rate <= 1_000_000 and rate == int(rate)):
+        raise AudioInputError(f"the AUDIO input's sample_rate {value!r} is not a whole number of Hz",
+                              "Connect the output of an audio loader node (LoadAudio).")
+    return int(rate)

@@ -11,7 +11,7 @@ A chunk is done only when the manifest lists it. Every file is written under a t
 fsynced and renamed, chunk and state first, the manifest last; a crash at any point leaves either
 the old or the new manifest. Opening a job takes its lock (a second render fails fast naming the
 holder) and checks every chunk file's SHA-256. A damaged chunk is regenerated: the job rewinds to
-the newest intact checkpoint state before it (one every ``CHECKPOINT_EVERY`` chunks, plus the newest),
+the newest intact state before it (one every ``CHECKPOINT_EVERY`` chunks, plus the two newest),
 the chunks after it become *pending*, and each regenerated chunk whose frames and state equal the
 pending record keeps it; once the damaged one is rewritten and the rest are intact, the job jumps
 back to its newest state. A job folder belongs to one set of inputs; other inputs are refused.
@@ -212,14 +212,16 @@ class JobDirectory:
         self.manifest.chunks.append(record)
         self.manifest.states[index] = StateRecord(state_file, state_sha)
         self._fast_forward()
+        obsolete = [self.manifest.states.pop(i) for i in self._obsolete_states()]
         self._save_manifest()
-        newest = self.manifest.chunks[-1].index
-        for old in (index - 1, index):  # only the newest state and the checkpoints are kept
-            if old >= 0 and old != newest and not _is_checkpoint(old) and old not in self._pending_indices():
-                self._drop_state(old)
+        for rec in obsolete:  # the manifest no longer names them: safe to delete now
+            (self.path / rec.file).unlink(missing_ok=True)
 
-    def _pending_indices(self) -> set[int]:
-        return {r.index for r in self.manifest.pending}
+    def _obsolete_states(self) -> list[int]:
+        """States no longer needed: all but the two newest chunks', the checkpoints and pending ones."""
+        newest = self.manifest.chunks[-1].index
+        keep = {newest, newest - 1} | {r.index for r in self.manifest.pending}
+        return [i for i in self.manifest.states if i not in keep and not _is_checkpoint(i)]
 
     def _check_commit(self, index: int, frames: np.ndarray) -> None:
         if index != self.chunks_done:

@@ -164,15 +164,19 @@ class Mp4Writer:
             )
         try:
             self._proc.stdin.write(np.ascontiguousarray(frames).tobytes())
-        except BrokenPipeError as exc:
+        except (BrokenPipeError, OSError) as exc:
+            message = self._stderr() or f"it exited with code {self._proc.poll()}"
             self.abort()
             raise FFmpegError(
-                f"ffmpeg stopped while encoding: {self._stderr()}",
-                "Check the disk space and the output path.",
+                f"ffmpeg stopped while encoding '{self.path.name}': {message}",
+                "Check the free disk space and that nothing killed ffmpeg, then run Video Combine again "
+                "(the frames are kept).",
             ) from exc
         self.written += len(frames)
 
     def _stderr(self) -> str:
+        if self._log.closed:
+            return ""
         self._log.seek(0)
         return stderr_tail(self._log.read())
 
@@ -196,7 +200,10 @@ class Mp4Writer:
                 f"{self.written} frames were written, {self.frame_count} announced.",
                 "Write exactly frame_count frames before close().",
             )
-        self._proc.stdin.close()
+        try:
+            self._proc.stdin.close()
+        except OSError:  # ffmpeg already gone: its exit code below says why
+            pass
         code = self._proc.wait()
         if code != 0:
             message = self._stderr()

@@ -121,7 +121,7 @@ def server(tmp_path_factory, native_models, golden_dir):
         cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        for _ in range(360):  # 11-16 s on an idle machine; minutes on a loaded one
             try:
                 urllib.request.urlopen(url + "/system_stats", timeout=2)
                 break

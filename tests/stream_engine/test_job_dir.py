@@ -42,7 +42,7 @@ def test_commit_and_resume(tmp_path):
     assert job.chunks_done == 0 and job.load_state() is None
     job.commit_chunk(0, _frames(3, 10), _state(0.5))
     job.commit_chunk(1, _frames(2, 20), _state(0.25))
-    assert len(list((tmp_path / "job" / "state").iterdir())) == 1  # only the newest state (no checkpoint yet)
+    assert len(list((tmp_path / "job" / "state").iterdir())) == 2  # the two newest states (no checkpoint yet)
     job.close()
     again = JobDirectory.open(tmp_path / "job", PRINT, LAYOUT)
     assert (again.chunks_done, again.frames_done, again.is_complete) == (2, 5, False)
@@ -52,6 +52,8 @@ def test_commit_and_resume(tmp_path):
     with pytest.raises(GenerationError, match="in order"):
         again.commit_chunk(3, _frames(2, 30), {})
     again.commit_chunk(2, _frames(2, 30), {})
+    assert sorted(p.name for p in (tmp_path / "job" / "state").iterdir()) == ["00001.safetensors", "00002.safetensors"]
+    assert sorted(_manifest(tmp_path / "job")["states"]) == ["1", "2"]  # the manifest names only files on disk
     batches = list(again.iter_frame_batches())
     assert [b.shape[0] for b in batches] == [3, 2, 2]
     assert abs(int(batches[2][0, 0, 0, 0]) - 30) <= 2  # visually lossless store, not raw bytes
@@ -178,4 +180,12 @@ def test_damaged_newest_state_regenerates_from_the_previous_checkpoint(tmp_path,
     assert job.chunks_done == 2 and job.load_state()["context_pixels"].eq(1.0).all()
     job.commit_chunk(2, _frames(2, 20), _state(2.0))
     assert job.chunks_done == 3 and job.load_state()["context_pixels"].eq(2.0).all()
+    job.close()
+
+
+def test_damaged_newest_chunk_costs_one_chunk(tmp_path, monkeypatch):
+    _job_with_chunks(tmp_path, 3, monkeypatch, every=8)  # no checkpoint: the two newest states remain
+    _flip(tmp_path / "job" / _manifest(tmp_path / "job")["chunks"][2]["file"])
+    job = JobDirectory.open(tmp_path / "job", PRINT, dict(LAYOUT, num_chunks=4, output_frames=8))
+    assert job.chunks_done == 2 and [r.index for r in job.manifest.pending] == [2]
     job.close()
