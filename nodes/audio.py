@@ -81,13 +81,9 @@ class InfiniteTalkAudioEncode:
                mask_1=None, mask_2=None):
         from ..infinitetalk_core.audio import encode_audio_features
 
+        boxes = speaker_boxes(audio_2 is not None, mask_1, mask_2)  # checked before any encoding
         tracks, mix = speaker_tracks(audio, audio_2, multi_mode, normalize_loudness)
         features = [encode_audio_features(wav2vec.encoder, t) for t in tracks]
-        boxes = None
-        if audio_2 is not None and (mask_1 is not None or mask_2 is not None):
-            require(mask_1 is not None and mask_2 is not None, "Only one speaker mask was given.",
-                    "Connect both mask_1 and mask_2, or neither (automatic left/right halves).")
-            boxes = [mask_box(mask_1), mask_box(mask_2)]
         frames = int(features[0].shape[0])
         from ..infinitetalk_core.stream.host import tensor_digest
 
@@ -95,18 +91,57 @@ class InfiniteTalkAudioEncode:
         return (feats, mix, frames, frames / 25.0)
 
 
+MAX_BOX_OVERLAP = 0.9  # of the smaller box; more and both speakers would drive the same face
+
+
+def speaker_boxes(two_speakers: bool, mask_1, mask_2) -> list[tuple[int, int, int, int]] | None:
+    """The masks' boxes for two speakers (None = automatic halves); refuses masks that cannot work."""
+    if mask_1 is None and mask_2 is None:
+        return None
+    require(two_speakers,
+            "Speaker masks are connected but audio_2 is not, so there is no second speaker to place.",
+            "Connect speaker 2's audio to audio_2, or disconnect mask_1 and mask_2 (one speaker needs "
+            "no mask).")
+    require(mask_1 is not None and mask_2 is not None, "Only one speaker mask was given.",
+            "Connect both mask_1 and mask_2, or neither (automatic left/right halves).")
+    boxes = [mask_box(mask_1), mask_box(mask_2)]
+    require(boxes[0] != boxes[1],
+            f"mask_1 and mask_2 have the same bounding box (top, left, bottom, right) = {boxes[0]}, so "
+            "both speakers would drive the same face.",
+            "Paint each speaker's own region: speaker 1's face in mask_1 and speaker 2's face in mask_2.")
+    overlap = box_overlap(*boxes)
+    require(overlap <= MAX_BOX_OVERLAP,
+            f"The boxes of mask_1 {boxes[0]} and mask_2 {boxes[1]} overlap by {overlap:.0%} of the smaller "
+            "one, so both speakers would drive the same face.",
+            f"Paint each speaker's own region so that the boxes overlap by at most {MAX_BOX_OVERLAP:.0%}.")
+    return boxes
+
+
+def box_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection of two half-open (top, left, bottom, right) boxes as a fraction of the smaller one."""
+    height = min(a[2], b[2]) - max(a[0], b[0])
+    width = min(a[3], b[3]) - max(a[1], b[1])
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return max(0, height) * max(0, width) / smaller if smaller > 0 else 1.0
+
+
 def speaker_tracks(audio, audio_2, mode: str, normalize: bool):
     """AUDIO (+ AUDIO) -> (16 kHz mono tracks to encode, AUDIO to mux).
 
-    One speaker muxes the original AUDIO untouched; two speakers mux their 16 kHz combination (sum for
-    para, concatenation for add), as the reference does.
+    One speaker muxes the original AUDIO untouched. Two speakers mux ``mux_mix`` of the ORIGINAL
+    waveforms at speaker 1's sample rate, on the timeline the features use (sum for para, speaker 2
+    after speaker 1 for add), cut to the features' length (num_frames / 25 s).
     """
-    from ..infinitetalk_core.audio import audio_from_comfy, combine_speakers, prepare_waveform
+    from ..infinitetalk_core.audio import audio_from_comfy, combine_speakers, frames_for_samples, mux_mix, \
+        prepare_waveform
 
-    first = prepare_waveform(*audio_from_comfy(audio), normalize=normalize)
+    source_1 = audio_from_comfy(audio)
+    first = prepare_waveform(*source_1, normalize=normalize)
     if audio_2 is None:
         return [first], audio
-    second = prepare_waveform(*audio_from_comfy(audio_2), normalize=normalize)
+    source_2 = audio_from_comfy(audio_2)
+    second = prepare_waveform(*source_2, normalize=normalize)
     combined = combine_speakers(first, second, mode)
-    mix = {"waveform": torch.from_numpy(combined.mix.copy())[None, None], "sample_rate": 16000}
+    track = mux_mix(*source_1, *source_2, mode, num_frames=frames_for_samples(combined.tracks[0].shape[0]))
+    mix = {"waveform": torch.from_numpy(track.waveform)[None], "sample_rate": track.sample_rate}
     return list(combined.tracks), mix

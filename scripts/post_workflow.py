@@ -5,10 +5,16 @@ over the websocket and download the result. Standard library only.
         --server http://127.0.0.1:8188 --image face.png --audio speech.wav --out result.mp4
     python scripts/post_workflow.py example_workflows/api/infinitetalk_video_dubbing.json \\
         --video source.mp4 --audio new_speech.wav --set 12.steps=8 --set 1.lora_1=lightx2v.safetensors
+    python scripts/post_workflow.py two_speakers.json --image two.png --audio anna.wav --audio-2 ben.wav
 
-Files are uploaded through /upload/image (ComfyUI stores every upload kind there) and replace the
-``image`` of LoadImage, the ``audio`` of LoadAudio and the ``file`` of LoadVideo. ``--set NODE.INPUT=VALUE``
-changes any widget (VALUE is parsed as JSON when it can be). Exit status 0 when the run succeeded.
+Files are uploaded through /upload/image (ComfyUI stores every upload kind there). Each file goes to the
+one loader that feeds its role, found by following the graph's links: --audio to the LoadAudio feeding
+InfiniteTalk Audio Encode's ``audio``, --audio-2 to the one feeding its ``audio_2``, --image/--video to
+the LoadImage/LoadVideo feeding the Reference Sampler. Nothing is overwritten by guesswork: several
+candidates, or a loader of that kind that feeds no role, is an error naming the node ids; then give
+files per node with ``--set ID.audio=FILE`` (``.image``/``.file`` for images/videos; an existing local
+FILE is uploaded). ``--set NODE.INPUT=VALUE`` changes any widget (VALUE is parsed as JSON when it can
+be). Exit status 0 when the run succeeded, 2 when the files cannot be mapped.
 """
 from __future__ import annotations
 
@@ -26,7 +32,166 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-SWAPS = {"image": ("LoadImage", "image"), "audio": ("LoadAudio", "audio"), "video": ("LoadVideo", "file")}
+# --flag -> (loader class, its file widget, (consumer class, consumer input) the loader must feed)
+SWAPS = {
+    "image": ("LoadImage", "image", ("InfiniteTalkReferenceSampler", "image")),
+    "video": ("LoadVideo", "file", ("InfiniteTalkReferenceSampler", "video")),
+    "audio": ("LoadAudio", "audio", ("InfiniteTalkAudioEncode", "audio")),
+    "audio_2": ("LoadAudio", "audio", ("InfiniteTalkAudioEncode", "audio_2")),
+}
+PRIMARY = {"LoadImage": "image", "LoadVideo": "video", "LoadAudio": "audio"}  # the role without a consumer
+
+
+class WorkflowError(ValueError):
+    """The graph and the command line do not say unambiguously which node gets which file."""
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _links(graph: dict) -> dict[str, list[tuple[str, str]]]:
+    """node id -> [(consumer id, consumer input name)] for every link in an API graph."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for node_id, node in graph.items():
+        for name, value in node.get("inputs", {}).items():
+            is_link = isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+            if is_link and str(value[0]) in graph:
+                out.setdefault(str(value[0]), []).append((str(node_id), name))
+    return out
+
+
+def _fed_inputs(graph: dict, links: dict, start: str, consumers: set[str]) -> set[tuple[str, str]]:
+    """(consumer class, input) pairs that ``start`` reaches, following links through any other nodes."""
+    found, seen, todo = set(), {start}, [start]
+    while todo:
+        for target, name in links.get(todo.pop(), []):
+            kind = graph[target]["class_type"]
+            if kind in consumers:
+                found.add((kind, name))  # stop here: a consumer's outputs are no longer the file
+            elif target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return found
+
+
+def _order(ids) -> list[str]:
+    return sorted(ids, key=lambda i: (len(i), i))
+
+
+def _nodes(loader: str, ids) -> str:
+    """"LoadAudio node 8" / "LoadAudio nodes 8 and 14"."""
+    ids = _order(ids)
+    listed = ", ".join(ids[:-1]) + " and " + ids[-1] if len(ids) > 1 else ids[0]
+    return f"{loader} node{'s' if len(ids) > 1 else ''} {listed}"
+
+
+def _feeds(ids) -> str:
+    return "feeds" if len(ids) == 1 else "feed"
+
+
+def _pin_hint(ids, widget: str) -> str:
+    options = " ".join(f"--set {i}.{widget}=FILE" for i in _order(ids))
+    return f"Fix: choose the file per node with {options}."
+
+
+def _input(spec) -> str:
+    return f"{spec[2][0]}'s {spec[2][1]} input"
+
+
+def plan_files(graph: dict, keys, pinned=frozenset()) -> tuple[dict[str, str], list[str]]:
+    """Which node gets which file: ({flag key: node id}, warnings). No network, no changes to ``graph``.
+
+    A loader has a role when its output reaches the role's consumer input, directly or through other
+    nodes: the LoadAudio feeding Audio Encode's ``audio`` gets --audio, the one feeding ``audio_2`` gets
+    --audio-2, the LoadImage/LoadVideo feeding the Reference Sampler gets --image/--video. Loaders in
+    ``pinned`` (their file given with --set ID.WIDGET=...) are left to that. In a graph without the
+    consumer node a single loader takes the flag. When a flag of a loader kind is given, every other
+    loader of that kind must be accounted for: several candidates for one flag, a loader feeding several
+    roles or none raise WorkflowError naming the node ids. A second speaker left at the graph's own
+    file, and a flag for a role the graph does not have, are reported (warning / error).
+    """
+    keys = set(keys)
+    unknown = keys - set(SWAPS)
+    if unknown:
+        raise WorkflowError(f"Unknown file option(s) {sorted(unknown)}. "
+                            f"Fix: use {', '.join(map(flag, SWAPS))}.")
+    links = _links(graph)
+    plan: dict[str, str] = {}
+    warnings: list[str] = []
+    for loader in dict.fromkeys(spec[0] for spec in SWAPS.values()):
+        roles = {key: spec for key, spec in SWAPS.items() if spec[0] == loader}
+        widget = next(iter(roles.values()))[1]
+        nodes = [str(i) for i, n in graph.items() if n.get("class_type") == loader]
+        free = [i for i in nodes if i not in pinned]
+        consumers = {spec[2][0] for spec in roles.values()}
+        has_consumer = any(n.get("class_type") in consumers for n in graph.values())
+        if has_consumer:
+            reached = {i: _fed_inputs(graph, links, i, consumers) for i in free}
+            fed = {i: {key for key, spec in roles.items() if spec[2] in reached[i]} for i in free}
+        else:  # a foreign graph: a lone loader is unambiguous, several are not
+            fed = {i: {PRIMARY[loader]} if len(free) == 1 else set() for i in free}
+        if keys & set(roles):
+            several = [i for i in free if len(fed[i]) > 1]
+            if several:
+                both = " and ".join(_input(roles[k]) for k in roles if k in fed[several[0]])
+                raise WorkflowError(f"{_nodes(loader, several)} {_feeds(several)} both {both}, so it is not clear "
+                                    f"which file it should get. {_pin_hint(several, widget)}")
+            idle = [i for i in free if not fed[i]]
+            if idle and has_consumer:
+                targets = " nor ".join(_input(spec) for spec in roles.values())
+                raise WorkflowError(f"{_nodes(loader, idle)} {_feeds(idle)} {'neither ' if len(roles) > 1 else 'no '}"
+                                    f"{targets}, so it is not clear whether to replace its file. "
+                                    f"{_pin_hint(idle, widget)}")
+            if idle:
+                missing = " or ".join(sorted(consumers))
+                raise WorkflowError(f"The workflow has {_nodes(loader, idle)} and no {missing}, "
+                                    f"so it is not clear which one to replace. {_pin_hint(idle, widget)}")
+        for key, spec in roles.items():
+            candidates = [i for i in free if key in fed[i]]
+            if key in keys:
+                if len(candidates) > 1:
+                    raise WorkflowError(f"{flag(key)} would replace the file of {_nodes(loader, candidates)} "
+                                        f"(all feed {_input(spec)}). {_pin_hint(candidates, widget)}")
+                if not nodes:
+                    raise WorkflowError(f"{flag(key)} was given, but the workflow has no {loader} node. "
+                                        f"Fix: drop {flag(key)}, or use a workflow with a {loader}.")
+                if not candidates:
+                    set_here = [i for i in nodes if i in pinned]
+                    note = f" other than {_nodes(loader, set_here)} (given with --set)" if set_here else ""
+                    raise WorkflowError(f"{flag(key)} was given, but no {loader} node{note} feeds "
+                                        f"{_input(spec)}. Fix: drop {flag(key)}, or wire a {loader} into "
+                                        f"{_input(spec)}.")
+                plan[key] = candidates[0]
+            elif key != PRIMARY[loader] and candidates:
+                current = graph[candidates[0]]["inputs"].get(widget)
+                warnings.append(f"warning: {_nodes(loader, candidates)} {_feeds(candidates)} {_input(spec)} but {flag(key)} "
+                                f"was not given; the workflow's own file {current!r} is kept.")
+    return plan, warnings
+
+
+def parse_sets(graph: dict, sets: list[str]) -> list[tuple[str, str, object]]:
+    """``NODE.INPUT=VALUE`` strings -> (node id, input, value); VALUE is parsed as JSON when it can be."""
+    out = []
+    for item in sets:
+        target, eq, raw = item.partition("=")
+        node_id, dot, name = target.partition(".")
+        if not eq or not dot or not name:
+            raise WorkflowError(f"--set {item!r} is not NODE.INPUT=VALUE. Fix: write it like --set 12.steps=8.")
+        if node_id not in graph:
+            raise WorkflowError(f"--set {item!r} names node {node_id!r}, which the workflow does not have. "
+                                f"Fix: use one of the node ids {', '.join(_order(graph))}.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.append((node_id, name, value))
+    return out
+
+
+def _file_widget(node: dict, name: str) -> bool:
+    """True for a loader's file widget (--set on it uploads a local file first)."""
+    return any(spec[0] == node.get("class_type") and spec[1] == name for spec in SWAPS.values())
 
 
 def _request(server: str, path: str, data: bytes | None = None, headers: dict | None = None) -> bytes:
@@ -46,22 +211,23 @@ def upload(server: str, path: Path) -> str:
     return reply["name"] if not reply.get("subfolder") else f"{reply['subfolder']}/{reply['name']}"
 
 
-def prepare(graph: dict, server: str, files: dict[str, Path], sets: list[str]) -> dict:
-    for key, path in files.items():
-        node_type, widget = SWAPS[key]
-        targets = [n for n in graph.values() if n["class_type"] == node_type]
-        if not targets:
-            raise SystemExit(f"--{key} given, but the workflow has no {node_type} node")
-        name = upload(server, path)
-        for node in targets:
-            node["inputs"][widget] = name
-    for item in sets:
-        target, _, raw = item.partition("=")
-        node_id, _, name = target.partition(".")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+def prepare(graph: dict, server: str, files: dict[str, Path], sets: list[str], log=print) -> dict:
+    """Swap the files in (``files``: {"image"|"video"|"audio"|"audio_2": path}) and apply ``--set``s.
+
+    The mapping is ``plan_files``'s; ``--set ID.audio=FILE`` (or ``.image``/``.file`` on a loader) with
+    an existing local FILE uploads it and sets that node only.
+    """
+    edits = parse_sets(graph, sets)
+    pinned = {node_id for node_id, name, _ in edits if _file_widget(graph[node_id], name)}
+    plan, warnings = plan_files(graph, files, pinned)
+    for line in warnings:
+        log(line)
+    for key, node_id in plan.items():
+        graph[node_id]["inputs"][SWAPS[key][1]] = upload(server, Path(files[key]))
+        log(f"{flag(key)} -> {graph[node_id]['class_type']} node {node_id}")
+    for node_id, name, value in edits:
+        if _file_widget(graph[node_id], name) and isinstance(value, str) and Path(value).is_file():
+            value = upload(server, Path(value))
         graph[node_id]["inputs"][name] = value
     return graph
 
@@ -177,13 +343,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workflow", type=Path, help="API-format workflow JSON")
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     parser.add_argument("--image", type=Path)
-    parser.add_argument("--audio", type=Path)
+    parser.add_argument("--audio", type=Path,
+                        help="speech of speaker 1 (the LoadAudio feeding Audio Encode's audio)")
+    parser.add_argument("--audio-2", dest="audio_2", type=Path,
+                        help="speech of speaker 2 (the LoadAudio feeding Audio Encode's audio_2)")
     parser.add_argument("--video", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
     parser.add_argument("--out", type=Path, help="where to save the mp4 (default: its server name)")
     args = parser.parse_args(argv)
     files = {k: getattr(args, k) for k in SWAPS if getattr(args, k) is not None}
-    graph = prepare(json.loads(args.workflow.read_text()), args.server, files, args.set)
+    missing = [f"{flag(k)} {p}" for k, p in files.items() if not p.is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}.", file=sys.stderr)
+        return 2
+    try:
+        graph = prepare(json.loads(args.workflow.read_text()), args.server, files, args.set,
+                        log=lambda line: print(line, file=sys.stderr))
+    except WorkflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     client_id = uuid.uuid4().hex
     prompt_id = submit(args.server, graph, client_id)
     history = follow(args.server, client_id, prompt_id)

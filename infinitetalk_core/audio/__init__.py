@@ -17,8 +17,9 @@ Pipeline (one speaker)::
     audio = chunk_audio_windows(features, start=72 * k, frames=81)   # [1, 81, 5, 12, 768]
 
 Two speakers: ``tracks = combine_speakers(wave1, wave2, "para"|"add")``, encode each of
-``tracks.tracks``, pass both feature tensors to ``chunk_audio_windows`` (→ [2, F, 5, L, C]), mux
-``tracks.mix``.
+``tracks.tracks``, pass both feature tensors to ``chunk_audio_windows`` (→ [2, F, 5, L, C]); mux
+``mux_mix(samples1, rate1, samples2, rate2, mode, num_frames)`` (the original waveforms on the same
+timeline, at speaker 1's sample rate; ``tracks.mix`` is only the 16 kHz copy).
 
 Public API
     load_audio_file(path) -> (np.ndarray [C, T] float32, sample_rate)
@@ -34,6 +35,8 @@ Public API
     encode_audio_features(encoder, waveform, sample_rate=16000, segment_seconds=40.0,
                           context_seconds=5.0, out_dtype=torch.float32) -> Tensor [T, L, C] (CPU)
     combine_speakers(first, second, mode="para") -> SpeakerTracks(tracks, mix, mode)
+    mux_mix(first, first_rate, second, second_rate, mode="para", num_frames=None, fps=25)
+        -> MuxTrack(waveform [C, T], sample_rate, offsets, gain)
     chunk_audio_windows(features, start, frames, total_frames=None, padding="mirror")
         -> Tensor [P, frames, 5, L, C]
     window_rows(start, frames, total_frames, padding="mirror", available_rows=None) -> [frames, 5] rows
@@ -48,6 +51,7 @@ Behaviour on unusual input
 from .decode import audio_from_comfy, load_audio_file
 from .features import encode_audio_features, plan_segments
 from .loudness import integrated_loudness, normalize_loudness
+from .mux_mix import MuxTrack, mux_mix
 from .prepare import frames_for_samples, prepare_waveform
 from .speakers import SpeakerTracks, combine_speakers
 from .wav2vec2_loading import (
@@ -61,6 +65,7 @@ from .wav2vec2_loading import (
 from .windows import chunk_audio_windows, window_rows
 
 __all__ = [
+    "MuxTrack",
     "SpeakerTracks",
     "Wav2Vec2AudioEncoder",
     "audio_from_comfy",
@@ -73,6 +78,7 @@ __all__ = [
     "integrated_loudness",
     "load_audio_file",
     "load_wav2vec2",
+    "mux_mix",
     "normalize_loudness",
     "plan_segments",
     "prepare_waveform",

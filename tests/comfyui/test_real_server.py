@@ -132,3 +132,60 @@ def test_interrupt_then_repost_resumes(server, tmp_path):
     assert history["status"]["status_str"] == "success"
     assert len(json.loads(manifest.read_text())["chunks"]) == 8
     assert first_chunk.stat().st_mtime_ns == stamp  # finished chunks were reused, not regenerated
+
+
+def write_tone_wav(path: Path, rate: int, seconds: float, freq: float, tone_first: bool) -> Path:
+    """A mono 16-bit wav: ``freq`` for one half of ``seconds`` and silence in the other."""
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    samples = 0.4 * np.sin(2 * np.pi * freq * t)
+    half = (t < seconds / 2) if tone_first else (t >= seconds / 2)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
+        w.writeframes((samples * half * 32767).astype("<i2").tobytes())
+    return path
+
+
+def mp4_audio(path: Path) -> tuple[np.ndarray, int]:
+    """The mp4's audio stream decoded by ffmpeg at its own rate: (mono float32 samples, sample rate)."""
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    probe = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True,
+                           text=True, check=False).stderr
+    rate = int(re.search(r"Audio: aac[^\n]*?, (\d+) Hz", probe).group(1))
+    raw = subprocess.run([get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a", "-ac", "1",
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, dtype="<f4"), rate
+
+
+def tone_energy(samples: np.ndarray, rate: int, freq: float) -> float:
+    """Share of the spectrum's energy within 20 Hz of ``freq`` (Hann window)."""
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples)))) ** 2
+    bins = np.fft.rfftfreq(len(samples), 1 / rate)
+    return float(spectrum[np.abs(bins - freq) <= 20].sum() / max(spectrum.sum(), 1e-20))
+
+
+def test_two_speakers_both_heard_at_the_source_rate(server, tmp_path):
+    """A second LoadAudio on Audio Encode's audio_2 (para), Video Combine muxing Audio Encode's `audio`
+    output: speaker 1's 220 Hz in the first second, speaker 2's 660 Hz in the second, at 44.1 kHz."""
+    files = write_inputs(tmp_path, 2.0)
+    files["audio"] = write_tone_wav(tmp_path / "speaker_1.wav", 44100, 2.0, 220, tone_first=True)
+    files["audio_2"] = write_tone_wav(tmp_path / "speaker_2.wav", 22050, 2.0, 660, tone_first=False)
+    graph = tiny_graph("infinitetalk_image_to_video")
+    graph["40"] = {"class_type": "LoadAudio", "inputs": {"audio": "speaker_2.wav"}}
+    graph["10"]["inputs"].update(audio=["8", 0], audio_2=["40", 0], multi_mode="para")
+    graph["13"]["inputs"]["audio"] = ["10", 1]  # Audio Encode's `audio` output: the two-speaker mix
+    history = run(server, graph, {k: files[k] for k in ("image", "audio", "audio_2")})
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[-3000:]
+    videos = _script().videos(history)
+    path = server["base"] / "output" / videos[0]["subfolder"] / videos[0]["filename"]
+    frames, has_audio = mp4_info(path)
+    assert frames == 50 and has_audio
+    samples, rate = mp4_audio(path)
+    assert rate == 44100  # speaker 1's rate, not the 16 kHz the features use
+    first, second = samples[int(0.15 * rate):int(0.85 * rate)], samples[int(1.15 * rate):int(1.85 * rate)]
+    energies = {(half, f): tone_energy(part, rate, f) for half, part in (("first", first), ("second", second))
+                for f in (220, 660)}
+    print("mp4 audio", rate, "Hz; tone energy shares", energies)
+    assert energies["first", 220] > 0.5 and energies["first", 660] < 0.01, energies
+    assert energies["second", 660] > 0.5 and energies["second", 220] < 0.01, energies  # speaker 2 is heard
