@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 from ..errors import JobDamagedError
 
 FORMAT_VERSION = 2
+_CHUNK_FILE = re.compile(r"chunks/\d{5,}\.(mkv|npy)")
+_STATE_FILE = re.compile(r"state/\d{5,}\.safetensors")
 READABLE_FORMATS = (1, 2)
 
 
@@ -93,6 +96,7 @@ class JobManifest:
             if version == 1 and body.get("state_file") and chunks:
                 states[chunks[-1].index] = StateRecord(body["state_file"], "")
             pending = [ChunkRecord(**c) for c in body.get("pending", [])]
+            _check_file_names(where, [r.file for r in chunks + pending], [r.file for r in states.values()])
             return cls(body["fingerprint"], dict(body["inputs"]), dict(body["layout"]), chunks, states,
                        pending, version)
         except JobDamagedError:
@@ -110,3 +114,13 @@ def _problem(exc: Exception) -> str:
     if isinstance(exc, ValueError):  # json.JSONDecodeError included
         return "it is not valid JSON"
     return "a field has the wrong type"
+
+
+def _check_file_names(where: str, chunk_files: list[str], state_files: list[str]) -> None:
+    """Every file a manifest names lies inside its job folder, under the names a job writes: a crafted
+    manifest can never make a repair read or delete anything else."""
+    bad = [f for f in chunk_files if not _CHUNK_FILE.fullmatch(str(f))]
+    bad += [f for f in state_files if not _STATE_FILE.fullmatch(str(f))]
+    if bad:
+        raise JobDamagedError(f"{where} names files that are not job files ({str(bad[0])[:80]!r}).",
+                              "Move that job folder away (or delete it) to start over.")
