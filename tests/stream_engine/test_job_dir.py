@@ -189,3 +189,16 @@ def test_damaged_newest_chunk_costs_one_chunk(tmp_path, monkeypatch):
     job = JobDirectory.open(tmp_path / "job", PRINT, dict(LAYOUT, num_chunks=4, output_frames=8))
     assert job.chunks_done == 2 and [r.index for r in job.manifest.pending] == [2]
     job.close()
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.mkv", "chunks/../../x.mkv", "state/00001.safetensors"])
+def test_a_crafted_manifest_cannot_point_a_repair_outside_the_job(tmp_path, monkeypatch, name):
+    _job_with_chunks(tmp_path, 2, monkeypatch)
+    sentinel = tmp_path / "outside.mkv"
+    sentinel.write_bytes(b"keep me")
+    body = _manifest(tmp_path / "job")
+    body["chunks"][1]["file"] = name
+    (tmp_path / "job" / "manifest.json").write_text(json.dumps(body))
+    with pytest.raises(JobDamagedError, match="names files that are not job files"):
+        JobDirectory.open(tmp_path / "job", PRINT, dict(LAYOUT, num_chunks=3, output_frames=6))
+    assert sentinel.read_bytes() == b"keep me"
