@@ -24,6 +24,7 @@ class AudioFeatures:
     mix: dict
     boxes: list[tuple[int, int, int, int]] | None = None
     fingerprint: str = ""
+    mask_size: tuple[int, int] | None = None  # (height, width) of the masks the boxes come from
 
     @property
     def num_speakers(self) -> int:
@@ -87,7 +88,8 @@ class InfiniteTalkAudioEncode:
         frames = int(features[0].shape[0])
         from ..infinitetalk_core.stream.host import tensor_digest
 
-        feats = AudioFeatures(features, frames, mix, boxes, "|".join(tensor_digest(f) for f in features))
+        feats = AudioFeatures(features, frames, mix, boxes, "|".join(tensor_digest(f) for f in features),
+                              None if boxes is None else tuple(mask_1.shape[-2:]))
         return (feats, mix, frames, frames / 25.0)
 
 

@@ -5,6 +5,7 @@ Nothing here imports ComfyUI or the heavy parts of the core, so ComfyUI's start-
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -71,9 +72,12 @@ def coded_errors(stage: str) -> Callable:
     """
 
     def wrap(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
         @functools.wraps(fn)
         def run(*args, **kwargs):
             try:
+                _check_inputs(signature, args, kwargs)
                 return fn(*args, **kwargs)
             except InfiniteTalkError:
                 raise
@@ -83,6 +87,29 @@ def coded_errors(stage: str) -> Callable:
         return run
 
     return wrap
+
+
+def _check_inputs(signature: inspect.Signature, args: tuple, kwargs: dict) -> None:
+    """The node's own INPUT_TYPES against what it was called with (see input_checks.py)."""
+    node = args[0] if args else None
+    if not hasattr(type(node), "INPUT_TYPES"):
+        return
+    from .input_checks import check_node_inputs
+
+    bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+    for name, param in signature.parameters.items():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:  # sample(self, **inputs)
+            bound.update(bound.pop(name, {}))
+    check_node_inputs(type(node).INPUT_TYPES(), bound, _custom_types(), getattr(node, "OWN_INPUT_CHECKS", ()))
+
+
+def _custom_types() -> dict[str, type]:
+    from .audio import AudioFeatures
+    from .loaders import InfiniteTalkModel, Wav2VecEncoder
+    from .references import ReferenceSource
+
+    return {MODEL_TYPE: InfiniteTalkModel, WAV2VEC_TYPE: Wav2VecEncoder, AUDIO_FEATURES_TYPE: AudioFeatures,
+            REFERENCES_TYPE: ReferenceSource}
 
 
 def require(condition: bool, what: str, fix: str) -> None:

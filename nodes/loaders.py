@@ -59,6 +59,7 @@ def _choices(folder: str, *extra: str) -> list[str]:
 
 
 class InfiniteTalkModelLoader:
+    OWN_INPUT_CHECKS = ("base_model", "infinitetalk_model", "lora_1", "lora_2")  # "put it in models/..."
     DESCRIPTION = (
         "Loads the Wan2.1 I2V-14B DiT with InfiniteTalk's audio layers (from the separate InfiniteTalk "
         "file or already merged), optional LoRAs, in the chosen storage dtype. ComfyUI manages its VRAM."
@@ -136,6 +137,7 @@ def _apply_loras(host, managed: ManagedModel, loras) -> ManagedModel:
 
 
 class InfiniteTalkWav2VecLoader:
+    OWN_INPUT_CHECKS = ("wav2vec_model",)
     DESCRIPTION = "Loads the wav2vec2 speech encoder InfiniteTalk was trained with (chinese-wav2vec2-base)."
     CATEGORY = CATEGORY
     FUNCTION = "load"

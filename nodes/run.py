@@ -21,6 +21,7 @@ from ..infinitetalk_core.stream.job_files import disk_errors, job_folder, remove
 from ..infinitetalk_core.stream.render import open_job, run_job
 from ..infinitetalk_core.stream.settings import StreamSettings
 from ..infinitetalk_core.stream.validation import validate_stream_inputs
+from ..infinitetalk_core.errors import InputValidationError
 from .common import first_image_to_pil, require
 from .sampler_checks import check_sampler_settings, speaker_weights_warning
 from .frames import JobFrames
@@ -177,6 +178,12 @@ def _prepare(inputs: dict, host, node_id):
     settings = _settings(inputs, refs, family)
     plan = plan_chunks(feats.num_frames, inputs["chunk_frames"], inputs["context_frames"],
                        inputs.get("max_frames") or None)
+    if feats.boxes is not None and feats.mask_size not in (None, (refs.height, refs.width)):
+        raise InputValidationError(
+            f"The speaker masks are {feats.mask_size[1]}x{feats.mask_size[0]} but the reference is "
+            f"{refs.width}x{refs.height}, so their boxes would land on the wrong places.",
+            "Paint mask_1 and mask_2 on the reference image itself (same size), e.g. with the mask editor "
+            "of its LoadImage.")
     warning = speaker_weights_warning(model.files, feats.num_speakers)
     if warning:
         log.warning(warning)

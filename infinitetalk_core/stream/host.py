@@ -216,14 +216,24 @@ def tensor_digest(t: torch.Tensor) -> str:
     hashing never copies the whole tensor (two hours of fp32 audio features are ~6 GB)."""
     c = t.detach()
     digest = hashlib.sha256(f"{c.dtype}|{tuple(c.shape)}|".encode())
-    flat = c.reshape(-1) if c.is_contiguous() else None
-    rows = max(1, DIGEST_SLICE_BYTES // max(1, c.element_size()))
-    if flat is None:  # non-contiguous: slice along the first dimension instead of copying it all
-        rows_per = max(1, DIGEST_SLICE_BYTES // max(1, c[:1].numel() * c.element_size()))
-        for i in range(0, max(1, c.shape[0]) if c.ndim else 1, rows_per):
-            part = (c[i:i + rows_per] if c.ndim else c).to("cpu").contiguous().reshape(-1)
-            digest.update(part.view(torch.uint8).numpy().data)
-        return digest.hexdigest()
-    for i in range(0, flat.numel(), rows):  # any dtype, bf16/fp8 included (viewed as bytes)
-        digest.update(flat[i:i + rows].to("cpu").contiguous().view(torch.uint8).numpy().data)
+    for part in _byte_slices(c):  # any dtype, bf16/fp8 included (viewed as bytes)
+        digest.update(part.view(torch.uint8).numpy().data)
     return digest.hexdigest()
+
+
+def _byte_slices(t: torch.Tensor):
+    """Contiguous CPU pieces of ``t`` in memory order, each at most ~16 MB (views where possible)."""
+    if t.is_contiguous() or t.ndim == 0:
+        flat = t.reshape(-1)
+        step = max(1, DIGEST_SLICE_BYTES // max(1, t.element_size()))
+        for i in range(0, flat.numel(), step):
+            yield flat[i:i + step].to("cpu").contiguous()
+        return
+    row_bytes = max(1, t[0].numel() * t.element_size()) if t.shape[0] else 1
+    if row_bytes > DIGEST_SLICE_BYTES:  # one row is already big: go one dimension deeper
+        for i in range(t.shape[0]):
+            yield from _byte_slices(t[i])
+        return
+    rows = max(1, DIGEST_SLICE_BYTES // row_bytes)
+    for i in range(0, t.shape[0], rows):
+        yield t[i:i + rows].to("cpu").contiguous().reshape(-1)

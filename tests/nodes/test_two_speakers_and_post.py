@@ -141,7 +141,8 @@ def refused(errors, call) -> str:
 def test_masks_without_audio_2_and_overlapping_boxes_are_refused(pack, errors):
     node = pack.NODE_CLASS_MAPPINGS["InfiniteTalkAudioEncode"]()
     speech = comfy(tone(220, 0.5, 16000), 16000)
-    unused = object()  # the checks run before the encoder is touched
+    loaders = importlib.import_module(node.__module__.rsplit(".", 1)[0] + ".loaders")
+    unused = loaders.Wav2VecEncoder(object(), "unused", torch.float32)  # checks run before it is touched
     text = refused(errors, lambda: node.encode(unused, speech, True, mask_1=box_mask(0, 0, 64, 32)))
     assert "audio_2" in text
     refused(errors, lambda: node.encode(unused, speech, True, mask_2=box_mask(0, 0, 64, 32),
