@@ -1,11 +1,15 @@
-// InfiniteTalk frontend extension: "chunk i of N · ETA" on the Streaming Sampler (the chunk preview
-// image itself arrives through ComfyUI's own progress previews) and a playable video on Video Combine.
+// InfiniteTalk frontend extension: a status line ("Chunk 3/12 · sampling step 7/40 · ETA 4:10",
+// "Muxing…", ...) at the bottom of the Streaming Sampler and Video Combine nodes. The chunk preview image
+// arrives through ComfyUI's own progress previews, and Video Combine's mp4 plays in ComfyUI's own video
+// preview (its UI output is {images: [mp4], animated: [true]}, like SaveVideo's).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { PROGRESS_EVENT, parseProgress, progressLabel, videoFromOutput, viewUrl } from "./infinitetalk_core.js";
+import { PROGRESS_EVENT, parseProgress, progressLabel } from "./infinitetalk_core.js";
 
-const SAMPLER = "InfiniteTalkStreamingSampler";
-const COMBINE = "InfiniteTalkVideoCombine";
+const STATUS_NODES = new Set(["InfiniteTalkStreamingSampler", "InfiniteTalkVideoCombine"]);
+// A strip of this height is kept free between the node's sockets and its first widget for the status
+// line (below the title, never over it or over a widget); scripts/api_to_ui.py sizes the nodes with it.
+const STATUS_HEIGHT = 20;
 
 function findNode(id) {
   return id === null ? null : app.graph?.getNodeById?.(Number(id)) ?? null;
@@ -16,15 +20,19 @@ function setStatus(node, text) {
   node.setDirtyCanvas?.(true, false);
 }
 
-function showVideo(node, url) {
-  if (!node.infinitetalkVideo) {
-    const video = document.createElement("video");
-    Object.assign(video, { controls: true, loop: true, muted: true, playsInline: true });
-    video.style.width = "100%";
-    node.infinitetalkVideo = video;
-    node.addDOMWidget?.("preview", "video", video, { serialize: false, hideOnZoom: false });
-  }
-  node.infinitetalkVideo.src = url;
+// Height of the socket rows: where LiteGraph starts the widgets when widgets_start_y is unset.
+function socketRowsHeight(node) {
+  const inputs = (node.inputs ?? []).filter((slot) => !slot.widget).length;
+  const rows = Math.max(1, inputs, node.outputs?.length ?? 0);
+  return (node.constructor.slot_start_y || 0) + rows * (globalThis.LiteGraph?.NODE_SLOT_HEIGHT ?? 20);
+}
+
+// Cut `text` to `width` pixels with an ellipsis.
+function fitText(ctx, text, width) {
+  if (ctx.measureText(text).width <= width) return text;
+  let end = text.length;
+  while (end > 0 && ctx.measureText(text.slice(0, end) + "…").width > width) end -= 1;
+  return text.slice(0, end) + "…";
 }
 
 app.registerExtension({
@@ -37,26 +45,29 @@ app.registerExtension({
     });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name === SAMPLER) {
-      const draw = nodeType.prototype.onDrawForeground;
-      nodeType.prototype.onDrawForeground = function (ctx) {
-        draw?.apply(this, arguments);
-        if (!this.infinitetalkStatus || this.flags?.collapsed) return;
-        ctx.save();
-        ctx.font = "12px sans-serif";
-        ctx.fillStyle = "#9fd";
-        ctx.fillText(this.infinitetalkStatus, 8, -6);
-        ctx.restore();
-      };
-    }
-    if (nodeData.name === COMBINE) {
-      const executed = nodeType.prototype.onExecuted;
-      nodeType.prototype.onExecuted = function (output) {
-        executed?.apply(this, arguments);
-        const video = videoFromOutput(output);
-        const url = video && viewUrl(video, api.api_base ?? "");
-        if (url) showVideo(this, url);
-      };
-    }
+    if (!STATUS_NODES.has(nodeData.name)) return;
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = created?.apply(this, arguments);
+      // LGraphNode declares widgets_start_y as an instance field, so define it on the instance.
+      Object.defineProperty(this, "widgets_start_y", {
+        configurable: true,
+        get: () => socketRowsHeight(this) + STATUS_HEIGHT + 2,
+        set: () => {},
+      });
+      return result;
+    };
+    const draw = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function (ctx) {
+      draw?.apply(this, arguments);
+      if (!this.infinitetalkStatus || this.flags?.collapsed) return;
+      ctx.save();
+      ctx.font = "12px sans-serif";
+      ctx.fillStyle = "#9fd";
+      ctx.textBaseline = "middle";
+      const y = socketRowsHeight(this) + 2 + STATUS_HEIGHT / 2;
+      ctx.fillText(fitText(ctx, this.infinitetalkStatus, this.size[0] - 20), 10, y);
+      ctx.restore();
+    };
   },
 });

@@ -13,49 +13,70 @@ export function formatEta(seconds) {
   return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
 }
 
+// Stages the server reports (payload field `stage`), in the order a run goes through them.
+export const STAGES = ["preparing", "encoding_references", "sampling", "decoding", "muxing", "done"];
+
+function wholeNumber(value) {
+  const n = Number(value);
+  return value !== null && value !== undefined && value !== "" && Number.isInteger(n) ? n : null;
+}
+
 // The server's event payload -> a normalised record, or null when it is not ours / malformed.
+// `chunk` is the 0-based index of the chunk being worked on, `chunks` the total. A payload without
+// `stage` (older servers) is a sampling update, or "done" once fraction reaches 1.
 export function parseProgress(detail) {
   if (!detail || typeof detail !== "object") return null;
-  const chunks = Number(detail.chunks);
-  const chunk = Number(detail.chunk);
-  if (!Number.isInteger(chunks) || chunks < 1 || !Number.isInteger(chunk) || chunk < 0) return null;
+  const hasStage = detail.stage !== undefined && detail.stage !== null;
+  if (hasStage && !STAGES.includes(detail.stage)) return null;
+  let chunks = wholeNumber(detail.chunks);
+  let chunk = wholeNumber(detail.chunk);
+  const chunkOk = chunks !== null && chunks >= 1 && chunk !== null && chunk >= 0;
+  if (!chunkOk) {
+    if (!hasStage || detail.stage === "sampling" || detail.stage === "decoding") return null;
+    chunks = null;
+    chunk = null;
+  }
   const fraction = Number(detail.fraction);
+  const clamped = detail.fraction !== null && Number.isFinite(fraction) ? Math.min(1, Math.max(0, fraction)) : 0;
   return {
     node: detail.node === undefined || detail.node === null ? null : String(detail.node),
+    stage: hasStage ? detail.stage : clamped >= 1 ? "done" : "sampling",
     chunk,
     chunks,
     step: Number.isInteger(detail.step) ? detail.step : 0,
     steps: Number.isInteger(detail.steps) ? detail.steps : 0,
-    fraction: Number.isFinite(fraction) ? Math.min(1, Math.max(0, fraction)) : 0,
+    fraction: clamped,
     eta: Number.isFinite(detail.eta) ? detail.eta : null,
     chunkDone: detail.chunk_done === true,
   };
 }
 
-// "chunk 3 of 12 · step 7/40 · ETA 4:10" (1-based chunk for people; a finished chunk shows its count).
+// The status line drawn on the node, e.g. "Chunk 3/12 · sampling step 7/40 · ETA 4:10" (1-based chunk
+// for people), "Chunk 3/12 · decoding", "Preparing…", "Muxing…", "Done".
 export function progressLabel(p) {
   if (!p) return "";
+  const eta = `ETA ${formatEta(p.eta)}`;
+  switch (p.stage) {
+    case "preparing":
+      return "Preparing…";
+    case "encoding_references":
+      return "Encoding references…";
+    case "muxing":
+      return "Muxing…";
+    case "done":
+      return "Done";
+    default:
+      break;
+  }
+  // A finished chunk (older payloads: chunk_done) counts the chunks done; otherwise chunk is 0-based.
   const shown = p.chunkDone ? p.chunk : Math.min(p.chunk + 1, p.chunks);
-  const parts = [`chunk ${shown} of ${p.chunks}`];
-  if (!p.chunkDone && p.steps > 0) parts.push(`step ${p.step}/${p.steps}`);
-  parts.push(p.fraction >= 1 ? "done" : `ETA ${formatEta(p.eta)}`);
+  const parts = [`Chunk ${shown}/${p.chunks}`];
+  if (p.stage === "decoding") {
+    parts.push("decoding");
+    if (p.eta !== null) parts.push(eta);
+    return parts.join(" · ");
+  }
+  if (!p.chunkDone) parts.push(p.steps > 0 ? `sampling step ${p.step}/${p.steps}` : "sampling");
+  parts.push(eta);
   return parts.join(" · ");
-}
-
-// A saved-file record from a node's UI output -> the /view URL the browser can play.
-export function viewUrl(result, base = "") {
-  if (!result || typeof result.filename !== "string" || !result.filename) return null;
-  const params = new URLSearchParams({
-    filename: result.filename,
-    type: result.type || "output",
-    subfolder: result.subfolder || "",
-  });
-  return `${base}/api/view?${params.toString()}`;
-}
-
-// The first playable video in an "executed" output ({images: [...], animated: [true]}), or null.
-export function videoFromOutput(output) {
-  const items = output && Array.isArray(output.images) ? output.images : [];
-  const video = items.find((r) => r && /\.(mp4|webm|mov|mkv)$/i.test(r.filename || ""));
-  return video || null;
 }

@@ -1,6 +1,8 @@
-"""Example workflows reference existing nodes with valid inputs; the JS helpers pass node's test runner."""
+"""Example workflows reference existing nodes with valid inputs; the UI workflows' widget slots line up
+with the API workflows the way the editor fills them; the JS helpers pass node's test runner."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -74,6 +76,128 @@ def test_ui_workflow_matches_its_api_workflow(pack, path):
     for link in ui["links"]:
         assert link[1] in ids and link[3] in ids
     assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
+
+
+# --- UI workflow widget slots (CI has no ComfyUI: our nodes' definitions + a saved native subset) ---
+# tests/nodes/native_object_info.json: GET /object_info of ComfyUI 0.33.0 for the native nodes the examples
+# use, tooltips dropped and file lists emptied. Refresh it from a running server when ComfyUI changes.
+NATIVE_INFO = json.loads((Path(__file__).with_name("native_object_info.json")).read_text())
+CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
+REGENERATE = ("python scripts/api_to_ui.py --server http://127.0.0.1:8188 "
+              "example_workflows/api/{0} example_workflows/{0}")
+
+
+def _object_info(pack) -> dict:
+    """/object_info as ComfyUI builds it for V1 nodes (server.py node_info), JSON-normalised."""
+    info = {k: v for k, v in NATIVE_INFO.items() if not k.startswith("_")}
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        info[name] = json.loads(json.dumps({
+            "input": spec, "input_order": {section: list(inputs) for section, inputs in spec.items()},
+            "output": list(cls.RETURN_TYPES),
+            "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
+            "display_name": pack.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)}))
+    return info
+
+
+def _api_to_ui():
+    spec = importlib.util.spec_from_file_location("api_to_ui", REPO / "scripts" / "api_to_ui.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _expected_widget_slots(info: dict, inputs: dict) -> list[tuple[str, object]]:
+    """What the editor (ComfyUI frontend 1.49.6) expects in widgets_values, written out independently
+    of scripts/api_to_ui.py: every widget input in definition order (a linked or absent one holds its
+    default); a "control after generate" value right after an INT named seed/noise_seed or any widget
+    whose options carry control_after_generate; upload buttons (LoadAudio: the player's empty slot too)
+    after all widgets. ("?" = any control value.)"""
+    slots, tail = [], []
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            spec = info["input"][section][name]
+            kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+            options = spec[1] if len(spec) > 1 else {}
+            if kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                continue
+            value = inputs.get(name)
+            if value is None or isinstance(value, list):
+                value = ("default", options.get("default"))
+            slots.append((name, value))
+            control = options.get("control_after_generate", name in ("seed", "noise_seed") and kind == "INT")
+            if control:
+                slots.append(("control_after_generate", control if isinstance(control, str) else "?"))
+            if options.get("image_upload") or options.get("video_upload"):
+                tail.append(("upload", "image"))
+            if options.get("audio_upload"):
+                tail += [("audioUI", None), ("upload", None)]
+    return slots + tail
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_widget_slots_line_up_with_the_api_workflow(pack, path):
+    """A missing or extra slot (e.g. no value for the seed's control widget) shifts every later widget."""
+    info = _object_info(pack)
+    ui = json.loads(path.read_text())
+    api = json.loads((REPO / "example_workflows" / "api" / path.name).read_text())
+    for node in ui["nodes"]:
+        expected = _expected_widget_slots(info[node["type"]], api[str(node["id"])]["inputs"])
+        values = node["widgets_values"]
+        assert len(values) == len(expected), (node["type"], [n for n, _ in expected], values)
+        for (name, want), got in zip(expected, values):
+            if isinstance(want, tuple):  # linked or absent input: the default
+                assert want[1] is None or got == want[1], (node["type"], name, got, want)
+            elif want == "?":
+                assert got in CONTROL_VALUES, (node["type"], name, got)
+            else:
+                assert got == want and type(got) is type(want), (node["type"], name, got, want)
+
+
+@pytest.mark.parametrize("path", API_WORKFLOWS, ids=lambda p: p.stem)
+def test_api_workflow_sets_every_widget_input(pack, path):
+    """The editor queues every widget; the API JSON must name them all (else the two runs differ)."""
+    info = _object_info(pack)
+    for node_id, node in json.loads(path.read_text()).items():
+        spec = info[node["class_type"]]
+        widgets = [name for section in ("required", "optional") for name in spec["input_order"].get(section, [])
+                   if isinstance(spec["input"][section][name][0], list)
+                   or spec["input"][section][name][0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        missing = [name for name in widgets if name not in node["inputs"]]
+        assert not missing, f"{path.name} node {node_id} ({node['class_type']}) lacks {missing}"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_streaming_sampler_seed_control_is_fixed(pack, path):
+    """Re-queueing from the editor must resume the same job: the seed must not be randomised."""
+    sampler = pack.NODE_CLASS_MAPPINGS["InfiniteTalkStreamingSampler"].INPUT_TYPES()["required"]["seed"]
+    assert sampler[1].get("control_after_generate") == "fixed"
+    nodes = json.loads(path.read_text())["nodes"]
+    node = next(n for n in nodes if n["type"] == "InfiniteTalkStreamingSampler")
+    names = list(node["widgets_values_named"])
+    # the control widget follows the seed; a string option also names it (as for core's PrimitiveInt)
+    assert names[names.index("seed") + 1] == "fixed"
+    assert node["widgets_values"][names.index("seed") + 1] == "fixed"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
+def test_ui_workflow_is_regenerated_from_the_api_workflow(pack, path):
+    """The committed UI JSON is exactly what scripts/api_to_ui.py makes from the API JSON and today's
+    node definitions (so a new widget input cannot leave it stale)."""
+    api = json.loads((REPO / "example_workflows" / "api" / path.name).read_text())
+    expected = _api_to_ui().convert(api, _object_info(pack))
+    assert json.loads(path.read_text()) == json.loads(json.dumps(expected)), \
+        "stale; regenerate: " + REGENERATE.format(path.name)
+
+
+def test_video_combine_muxes_the_encoded_audio():
+    """Audio Encode's `audio` output (slot 1) is the mix of both speakers; LoadAudio is speaker 1 only."""
+    for path in API_WORKFLOWS:
+        graph = json.loads(path.read_text())
+        combine = next(n for n in graph.values() if n["class_type"] == "InfiniteTalkVideoCombine")
+        source = graph[combine["inputs"]["audio"][0]]
+        assert source["class_type"] == "InfiniteTalkAudioEncode", path.name
+        assert combine["inputs"]["audio"][1] == 1, path.name
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
