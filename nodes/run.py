@@ -226,6 +226,8 @@ def run_stream(inputs: dict) -> tuple:
             job.close()
     finally:
         source.close()
+    host.send_progress({"stage": "done", "chunk": plan.num_chunks, "chunks": plan.num_chunks, "step": 0,
+                        "steps": settings.steps, "fraction": 1.0, "eta": 0.0}, node_id)
     frames = JobFrames(job, Fraction(25), None if node_id is None else str(node_id))
     images = frames.last_frames(max(1, inputs.get("image_frames", 1)))
     return (frames, images, frames.frame_count, 25.0)
