@@ -4,6 +4,9 @@ Nothing here imports ComfyUI or the heavy parts of the core, so ComfyUI's start-
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import errno
 import functools
 import inspect
 import logging
@@ -20,6 +23,9 @@ from ..infinitetalk_core.errors import (
 )
 
 log = logging.getLogger(__name__)
+RESUMABLE_STAGES = ("generating the video", "writing the mp4")  # where finished chunks exist
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EIO,
+               errno.EILSEQ, errno.EINVAL}
 
 CATEGORY = "InfiniteTalk"
 
@@ -49,7 +55,11 @@ def translate_error(exc: Exception, stage: str) -> InfiniteTalkError:
         return exc
     if _is_oom(exc):
         return OutOfMemoryError(f"Out of memory while {stage}: {str(exc).splitlines()[0][:200]}", OOM_FIX)
-    if isinstance(exc, OSError) or (isinstance(exc, ValueError) and "null byte" in str(exc).lower()):
+    if isinstance(exc, FileNotFoundError):
+        return GenerationError(f"A file was not found while {stage}: {exc.filename or exc}.",
+                               "Check that the file exists (a model, input or job file moved or deleted?).")
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS or \
+            (isinstance(exc, ValueError) and "null byte" in str(exc).lower()):
         from ..infinitetalk_core.stream.job_files import disk_errors
 
         try:
@@ -61,7 +71,7 @@ def translate_error(exc: Exception, stage: str) -> InfiniteTalkError:
     return GenerationError(
         f"Unexpected {type(exc).__name__} while {stage}: {first_line}.",
         "This is a bug in the node pack: please report it with the console log (the full traceback is "
-        "there). Finished chunks are kept; queue again to resume.",
+        "there)." + (" Finished chunks are kept; queue again to resume." if stage in RESUMABLE_STAGES else ""),
     )
 
 
@@ -142,7 +152,7 @@ def first_image_to_pil(images: torch.Tensor, max_side: int = 512):
 
 def comfy_audio(audio: Any) -> tuple[torch.Tensor, int]:
     """ComfyUI AUDIO dict -> (waveform [B, C, T] float, sample_rate); clear error otherwise."""
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
         from ..infinitetalk_core.errors import AudioInputError
 
         raise AudioInputError(

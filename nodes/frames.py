@@ -97,15 +97,22 @@ class JobFrames:
         return _fps(self.fps_value)
 
     def iter_uint8(self, batch: int) -> Iterator[np.ndarray]:
-        if not Path(self.job.path).is_dir():
-            from ..infinitetalk_core.errors import JobDamagedError
+        from ..infinitetalk_core.errors import JobDamagedError
 
-            raise JobDamagedError(f"The job folder '{Path(self.job.path).name}' no longer exists (deleted after "
-                                  "an earlier combine, or by hand).",
-                                  "Queue the workflow again: the Streaming Sampler renders it again.")
-        for chunk in self.job.iter_frame_batches():  # one chunk at a time, each checked against its hash
-            for i in range(0, len(chunk), batch):
-                yield np.ascontiguousarray(chunk[i:i + batch])
+        try:
+            if not Path(self.job.path).is_dir():
+                raise JobDamagedError(f"The job folder '{Path(self.job.path).name}' no longer exists (deleted "
+                                      "after an earlier combine, or by hand).",
+                                      "Queue the workflow again: the Streaming Sampler renders it again.")
+            for chunk in self.job.iter_frame_batches():  # one chunk at a time, each checked against its hash
+                for i in range(0, len(chunk), batch):
+                    yield np.ascontiguousarray(chunk[i:i + batch])
+        except JobDamagedError:
+            self._invalidate()  # ComfyUI's cache must not hand this handle out again
+            raise
+
+    def _invalidate(self) -> None:
+        _DELETED_EPOCH[self.producer] = _DELETED_EPOCH.get(self.producer, 0) + 1
 
     def last_frames(self, count: int) -> torch.Tensor:
         """The last ``count`` frames as an IMAGE [count, H, W, 3] (previews, the optional IMAGE output)."""
@@ -117,8 +124,8 @@ class JobFrames:
         made it runs again next time (see ``job_epoch``) instead of handing out a deleted folder."""
         from ..infinitetalk_core.stream.job_files import remove_job_folder
 
+        self._invalidate()
         remove_job_folder(self.job.path)
-        _DELETED_EPOCH[self.producer] = _DELETED_EPOCH.get(self.producer, 0) + 1
 
     def __repr__(self) -> str:  # shown in ComfyUI's debug output
         return f"JobFrames({self.path!r}, {self.frame_count} frames, {self.width}x{self.height})"

@@ -42,6 +42,9 @@ class ManagedModel:
     info: dict = field(default_factory=dict)
 
 
+_PRIVATE_TEMP: Path | None = None
+
+
 class TorchHost:
     """Plain-torch services: CUDA if present, else CPU; tqdm progress; files from an env folder."""
 
@@ -92,10 +95,15 @@ class TorchHost:
         return Path(os.environ.get("INFINITETALK_OUTPUT_DIR", "output")).expanduser()
 
     def temp_dir(self) -> Path:
-        default = Path(tempfile.gettempdir()) / "infinitetalk"  # never inside the output folder
-        return Path(os.environ.get("INFINITETALK_TEMP_DIR", default)).expanduser()
+        """$INFINITETALK_TEMP_DIR, else a private (0700) folder of this process; never inside output/."""
+        if os.environ.get("INFINITETALK_TEMP_DIR"):
+            return Path(os.environ["INFINITETALK_TEMP_DIR"]).expanduser()
+        global _PRIVATE_TEMP
+        if _PRIVATE_TEMP is None or not _PRIVATE_TEMP.is_dir():
+            _PRIVATE_TEMP = Path(tempfile.mkdtemp(prefix="infinitetalk-"))
+        return _PRIVATE_TEMP
 
-    def save_path(self, prefix: str) -> tuple[Path, str]:
+    def save_path(self, prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str]:
         """(mp4 path, subfolder) for an output prefix; refuses prefixes that leave the output folder."""
         from .output_paths import next_output_path
 
@@ -176,10 +184,10 @@ class ComfyHost(TorchHost):
     def temp_dir(self) -> Path:
         return Path(self.folder_paths.get_temp_directory())
 
-    def save_path(self, prefix: str) -> tuple[Path, str]:
+    def save_path(self, prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str]:
         from .output_paths import comfy_output_path
 
-        return comfy_output_path(self.folder_paths, prefix)
+        return comfy_output_path(self.folder_paths, prefix, width, height)
 
     def operations(self, weight_dtype: torch.dtype | None) -> Any:
         """``comfy.ops`` layers: weights stay in their storage dtype and are cast at use.

@@ -6,6 +6,8 @@ A wrong value here is one E_INPUT_VALIDATION naming the input, instead of an Att
 """
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -37,7 +39,7 @@ def _mask(name: str, value: Any) -> None:
 
 
 def _audio(name: str, value: Any) -> None:
-    if not (isinstance(value, dict) and isinstance(value.get("waveform"), torch.Tensor) and "sample_rate" in value):
+    if not (isinstance(value, Mapping) and isinstance(value.get("waveform"), torch.Tensor) and "sample_rate" in value):
         raise AudioInputError(f"{name} is not a ComfyUI AUDIO value {{'waveform', 'sample_rate'}}.",
                               "Connect an AUDIO output (LoadAudio).")
 
@@ -79,7 +81,9 @@ def _scalar(name: str, kind: str, value: Any, options: dict) -> None:
         if not isinstance(value, str):
             _fail(name, f"={value!r} is not text", f"Set {name} to text.")
         return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()  # a 0-d tensor from another pack's number output
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
     if not number or (kind == "INT" and not float(value).is_integer()):
         _fail(name, f"={value!r} is not a {'whole ' if kind == 'INT' else ''}number", f"Set {name} to a number.")
     low, high = options.get("min"), options.get("max")

@@ -54,13 +54,13 @@ def next_output_path(root: Path, prefix: str) -> tuple[Path, str]:
     return folder / f"{name}_{max(used, default=0) + 1:05d}.mp4", sub
 
 
-def comfy_output_path(folder_paths, prefix: str) -> tuple[Path, str]:
+def comfy_output_path(folder_paths, prefix: str, width: int = 0, height: int = 0) -> tuple[Path, str]:
     """The same through ComfyUI's ``get_save_image_path`` (its counter, its inside-output check)."""
     sub, name = output_name_parts(prefix)
     joined = f"{sub}/{name}" if sub else name
     try:
         folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(
-            joined, folder_paths.get_output_directory())
+            joined, folder_paths.get_output_directory(), width, height)  # %width%/%height% placeholders
     except Exception as exc:  # ComfyUI raises a bare Exception with a multi-line message
         raise InputValidationError(f"filename_prefix {prefix[:80]!r} leaves the output folder.", _FIX) from exc
     with disk_errors(f"creating the output folder '{subfolder or '.'}'"):

@@ -1,6 +1,8 @@
 """Color Match (post-process any frames) and Video Combine (frames + audio -> mp4 in the output folder)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..infinitetalk_core.errors import InfiniteTalkError
@@ -9,6 +11,7 @@ from .frames import FramesSource, ImageFrames
 from .host import get_host
 from .output_paths import output_name_parts
 
+log = logging.getLogger(__name__)
 BATCH = 16  # frames per write: memory stays at one batch whatever the video length
 RETENTION = ("keep", "delete_after_combine")
 
@@ -45,6 +48,7 @@ class InfiniteTalkColorMatch:
     def match(self, images, reference, method, strength):
         from ..infinitetalk_core.color import match_colors
 
+        images, reference = images[..., :3], reference[..., :3]  # an alpha channel is not colour
         per_frame = reference.shape[0] == images.shape[0] and images.shape[0] > 1
         out = torch.empty_like(images)
         for i in range(0, images.shape[0], BATCH):  # bounded working memory for long batches
@@ -114,7 +118,7 @@ class InfiniteTalkVideoCombine:
                 "Choose keep or delete_after_combine.")
         source: FramesSource = frames if frames is not None else ImageFrames(images, fps)
         host = get_host()
-        path, subfolder = host.save_path(filename_prefix)  # refuses prefixes that leave output/
+        path, subfolder = host.save_path(filename_prefix, source.width, source.height)  # refuses leaving output/
         sound = None if audio is None else _audio_source(audio)
         host.send_progress({"stage": "muxing", "chunk": 0, "chunks": 0}, unique_id)
         with Mp4Writer(path, source.width, source.height, source.frame_count, audio=sound,
@@ -122,7 +126,7 @@ class InfiniteTalkVideoCombine:
             for batch in source.iter_uint8(BATCH):
                 writer.write(batch)
         if frames is not None and job_retention == "delete_after_combine":
-            frames.delete_job()
+            _delete_job(frames)
         host.send_progress({"stage": "done", "chunk": 0, "chunks": 0, "fraction": 1.0}, unique_id)
         ui = {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
         return {"ui": ui, "result": (host.wrap_video_file(str(path)), str(path))}
@@ -131,3 +135,15 @@ class InfiniteTalkVideoCombine:
 def _audio_source(audio):
     waveform, rate = comfy_audio(audio)
     return (waveform[0] if waveform.ndim == 3 else waveform, rate)
+
+
+def _delete_job(frames) -> None:
+    """delete_after_combine: the mp4 is written; a job folder that cannot go is only a warning (failing
+    now would make a retry write the same mp4 twice)."""
+    delete = getattr(frames, "delete_job", None)
+    if delete is None:
+        return  # frames from another source: nothing of ours to delete
+    try:
+        delete()
+    except InfiniteTalkError as exc:
+        log.warning("job folder kept: %s", exc)

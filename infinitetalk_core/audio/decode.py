@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 import struct
 import subprocess
 from pathlib import Path
@@ -105,7 +106,9 @@ def check_complete_decode(name: str, decoded_seconds: float, log: str) -> None:
     mp3 and simply stops early); a few decoder errors with the full length are only logged."""
     errors = [ln for ln in log.splitlines() if _DECODE_ERROR.search(ln) and not ln.lstrip().startswith("Stream")]
     match = _DURATION.search(log)
-    if match:
+    # a container's Duration is its longest stream (video) or a bitrate guess: then only errors count
+    trusted = "Estimating duration from bitrate" not in log and not re.search(r"Stream #\S+.*: Video:", log)
+    if match and (trusted or errors):
         h, m, sec = match.groups()
         expected = int(h) * 3600 + int(m) * 60 + float(sec)
         if decoded_seconds < expected * 0.97 - 0.1:
@@ -124,7 +127,7 @@ def audio_from_comfy(audio: Any) -> tuple[np.ndarray, int]:
     Only batch size 1 is meaningful for one speaker track; a batch of several clips is rejected rather
     than guessed at.
     """
-    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+    if not isinstance(audio, Mapping) or "waveform" not in audio or "sample_rate" not in audio:
         raise AudioInputError("expected a ComfyUI AUDIO value {'waveform': [B, C, T], 'sample_rate': int}, "
                               f"got {type(audio).__name__}", "Connect the output of an audio loader node.")
     waveform = audio["waveform"]

@@ -160,21 +160,26 @@ def torch_load_safely(path: Path, what: str = "checkpoint"):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower() or "weights_only" in str(e):
-            raise PipelineLoadError(
-                f"{path.name} ({what}) holds Python objects besides tensors; loading it could run code, so it "
-                "was refused for safety.",
-                "Use the .safetensors version of this file.",
-            ) from None
-        raise _unreadable(path, what, e) from None
+        # the safe loader met something that is not a plain tensor: Python objects (could run code) or,
+        # indistinguishably, damaged pickle bytes; either way it is not loaded
+        unsafe = "global" in str(e).lower()
+        raise PipelineLoadError(
+            f"{path.name} ({what}) holds {'Python objects besides tensors' if unsafe else 'pickle data that is not plain tensors'}"
+            f"; loading it could run code, so it was refused for safety{'' if unsafe else ' (or the file is damaged)'}.",
+            "Use the .safetensors version of this file" + ("." if unsafe else ", or download it again."),
+        ) from None
     except Exception as e:  # zip/EOF/format errors of many types: all mean "cannot read this file"
         raise _unreadable(path, what, e) from None
 
 
 def _unreadable(path: Path, what: str, e: Exception) -> PipelineLoadError:
+    import pickle
+
     first = (str(e).strip().splitlines() or [""])[0][:160]
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in first:  # torch's text advises unsafe loading
+        first = "its pickle data is damaged"
     return PipelineLoadError(
-        f"{path.name} ({what}) cannot be read as a PyTorch checkpoint ({type(e).__name__}: {first}).",
+        f"{path.name} ({what}) cannot be read as a PyTorch checkpoint ({first or 'it ends too early'}).",
         "It is truncated or not a checkpoint: download it again, or use its .safetensors version.",
     )
 

@@ -31,7 +31,7 @@ from safetensors.torch import save as save_safetensors
 
 from ..errors import GenerationError, InputValidationError, JobDamagedError
 from ..video.chunk_codec import CHUNK_SUFFIX, decode_chunk, encode_chunk
-from .job_files import LOCK, MANIFEST, JobLock, disk_errors, write_atomic
+from .job_files import LOCK, MANIFEST, JobLock, disk_errors, has_symlinked_parts, is_job_entry, write_atomic
 from .job_manifest import ChunkRecord, JobFingerprint, JobManifest, StateRecord, digest_json
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class JobDirectory:
         self.fast_forwarded = False  # set when a repair jumped back to the newest state
         self._lock: JobLock | None = None
         self._created = False
+        self._doomed: list[str] = []  # files to delete once the manifest no longer names them
 
     @classmethod
     def for_inputs(cls, root: str | Path, fingerprint: JobFingerprint, layout: dict) -> "JobDirectory":
@@ -78,12 +79,14 @@ class JobDirectory:
         try:
             job = cls._load_or_create(path, fingerprint, layout)
         except BaseException:
-            if job_lock is not None:
+            if created and _empty_job(path):
+                (path / MANIFEST).unlink(missing_ok=True)
+                for sub in ("chunks", "state"):
+                    _rmdir(path / sub)
+            if job_lock is not None and (created or lock_is_new):
+                job_lock.release_and_remove()  # leave a refused folder as we found it
+            elif job_lock is not None:
                 job_lock.release()
-                if lock_is_new and not created:
-                    (path / LOCK).unlink(missing_ok=True)  # leave a refused folder as we found it
-            if created:
-                _remove_if_unused(path)
             raise
         job._lock, job._created = job_lock, created
         return job
@@ -114,12 +117,21 @@ class JobDirectory:
         return job
 
     def close(self) -> None:
-        """Release the render lock; a job created by this open that never got a chunk is removed."""
-        if self._lock is not None:
+        """Release the render lock; a job created by this open that never got a chunk is removed
+        (while still locked, so no other render can be inside it)."""
+        unused = self._created and not self.manifest.chunks and not self.manifest.pending
+        if self._lock is None:
+            if unused:
+                _remove_if_unused(self.path)
+            return
+        if unused and _empty_job(self.path):
+            (self.path / MANIFEST).unlink(missing_ok=True)
+            for sub in ("chunks", "state"):
+                _rmdir(self.path / sub)
+            self._lock.release_and_remove()
+        else:
             self._lock.release()
-            self._lock = None
-        if self._created and not self.manifest.chunks and not self.manifest.pending:
-            _remove_if_unused(self.path)
+        self._lock = None
 
     def __enter__(self) -> "JobDirectory":
         return self
@@ -206,16 +218,19 @@ class JobDirectory:
         content = _sha(np.ascontiguousarray(frames).tobytes())
         state_bytes = save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
         state_sha = _sha(state_bytes)
+        self._doomed: list[str] = []
         record = self._reuse_pending(index, content, state_sha) or self._write_chunk(index, frames, content, state_sha)
         state_file = f"state/{index:05d}.safetensors"
         write_atomic(self.path / state_file, state_bytes)
         self.manifest.chunks.append(record)
         self.manifest.states[index] = StateRecord(state_file, state_sha)
         self._fast_forward()
-        obsolete = [self.manifest.states.pop(i) for i in self._obsolete_states()]
+        self._doomed += [self.manifest.states.pop(i).file for i in self._obsolete_states()]
         self._save_manifest()
-        for rec in obsolete:  # the manifest no longer names them: safe to delete now
-            (self.path / rec.file).unlink(missing_ok=True)
+        named = {r.file for r in self.manifest.chunks + self.manifest.pending}
+        named |= {r.file for r in self.manifest.states.values()}
+        for name in set(self._doomed) - named:  # the manifest no longer names them: safe to delete now
+            (self.path / name).unlink(missing_ok=True)
 
     def _obsolete_states(self) -> list[int]:
         """States no longer needed: all but the two newest chunks', the checkpoints and pending ones."""
@@ -244,6 +259,7 @@ class JobDirectory:
         if not pending or pending[0].index != index:
             return None
         candidate = pending.pop(0)
+        self._doomed.append(candidate.file)  # kept below if it is reused (same name as the new record)
         if candidate.content != content or candidate.state != state_sha:
             log.warning("job %s: regenerated chunk %d differs from the one on disk; regenerating the rest",
                         self.path.name, index)
@@ -252,16 +268,13 @@ class JobDirectory:
         return candidate if self._chunk_intact(candidate) else None  # identical frames, file rewritten
 
     def _drop_pending(self) -> None:
+        """Forget the pending chunks (and their states); their files go once the manifest is saved."""
         for rec in self.manifest.pending:
-            (self.path / rec.file).unlink(missing_ok=True)
-            if rec.index in self.manifest.states:
-                self._drop_state(rec.index)
+            self._doomed.append(rec.file)
+            state = self.manifest.states.pop(rec.index, None)
+            if state is not None:
+                self._doomed.append(state.file)
         self.manifest.pending = []
-
-    def _drop_state(self, index: int) -> None:
-        rec = self.manifest.states.pop(index, None)
-        if rec is not None:
-            (self.path / rec.file).unlink(missing_ok=True)
 
     def _fast_forward(self) -> None:
         """After a repair: once every pending chunk and the newest state are intact, take them back."""
@@ -324,17 +337,40 @@ def _refuse_foreign_folder(path: Path) -> None:
     """A non-empty folder that is not a job of ours is never taken over (not even a lock file is added)."""
     if not path.is_dir():
         return
+    if has_symlinked_parts(path):
+        raise JobDamagedError(f"Job folder '{path.name}' (or its chunks/state folder) is a link to elsewhere.",
+                              "Replace the link by a real folder, or pick another job_name.")
     if (path / MANIFEST).is_file():
         with disk_errors(f"reading the job folder '{path.name}'"):
             text = (path / MANIFEST).read_text(errors="replace")
         JobManifest.from_json(text, f"The manifest of job folder '{path.name}'")  # ours, or JobDamagedError
         return
     with disk_errors(f"reading the folder '{path.name}'"):
-        extra = [p.name for p in path.iterdir() if p.name not in (LOCK, "chunks", "state")]
-        extra += [p.name for sub in ("chunks", "state") if (path / sub).is_dir() for p in (path / sub).iterdir()]
+        extra = [p.name for p in path.iterdir() if not is_job_entry(p.name) or p.name == MANIFEST]
+        extra += [p.name for sub in ("chunks", "state") if (path / sub).is_dir() for p in (path / sub).iterdir()
+                  if not p.name.startswith(".tmp-")]
     if extra:
         raise InputValidationError(f"'{path.name}' is not empty and holds no job manifest.",
                                    "Pick another job_name, or empty that folder yourself.")
+
+
+def _empty_job(path: Path) -> bool:
+    """Nothing but the manifest, the lock and empty (or temporary-only) chunks/ and state/."""
+    try:
+        subs_empty = all(not (path / sub).is_dir() or all(p.name.startswith(".tmp-") for p in (path / sub).iterdir())
+                         for sub in ("chunks", "state"))
+        return subs_empty and all(is_job_entry(p.name) for p in path.iterdir())
+    except OSError:
+        return False
+
+
+def _rmdir(folder: Path) -> None:
+    try:
+        for tmp in folder.glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _remove_if_unused(path: Path) -> None:

@@ -64,15 +64,32 @@ def job_folder(root: Path, name: str, digest: str) -> Path:
     return path
 
 
+OS_JUNK = {".DS_Store", "Thumbs.db", "desktop.ini"}  # file managers drop these anywhere
+
+
+def is_job_entry(name: str) -> bool:
+    """A name a job folder of ours may hold (or a file manager's junk beside it)."""
+    return name in JOB_ENTRIES or name in OS_JUNK or name.startswith(".tmp-")
+
+
+def has_symlinked_parts(path: Path) -> bool:
+    """A job folder whose chunks/ or state/ (or the folder itself) is a link could reach elsewhere."""
+    return any(p.is_symlink() for p in (Path(path), Path(path) / "chunks", Path(path) / "state"))
+
+
 def is_our_job_folder(path: Path) -> bool:
-    """True when ``path`` holds a manifest of ours and nothing a job does not write."""
+    """True when ``path`` holds only what a job writes, with a manifest of ours or none at all (a render
+    killed before its first manifest write)."""
+    path = Path(path)
     try:
-        entries = {p.name for p in Path(path).iterdir()}
-        body = json.loads((Path(path) / MANIFEST).read_text())
+        if has_symlinked_parts(path) or not all(is_job_entry(p.name) for p in path.iterdir()):
+            return False
+        if not (path / MANIFEST).exists():
+            return True
+        body = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    known = all(e in JOB_ENTRIES or e.startswith(".tmp-") for e in entries)
-    return known and isinstance(body, dict) and {"fingerprint", "chunks", "layout"} <= set(body)
+    return isinstance(body, dict) and {"fingerprint", "chunks", "layout"} <= set(body)
 
 
 def remove_job_folder(path: Path) -> None:
@@ -87,15 +104,17 @@ def remove_job_folder(path: Path) -> None:
         )
     lock = JobLock(path).acquire()  # never delete a job another render is writing
     try:
-        with disk_errors(f"deleting the old job folder '{path.name}'"):
-            shutil.rmtree(path)
+        with disk_errors(f"deleting the old job folder '{path.name}'", target=path):
+            for entry in path.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     finally:
-        lock.release()
+        lock.release_and_remove()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsynced temporary file and an atomic rename."""
-    with disk_errors(f"writing {path.name}", needed=len(data)):
+    with disk_errors(f"writing {path.name}", needed=len(data), target=path):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -118,13 +137,16 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _disk_message(exc: OSError, doing: str, needed: int | None) -> DiskError:
+def _disk_message(exc: OSError, doing: str, needed: int | None, target) -> DiskError:
     kept = "Finished chunks are kept; queue the same workflow again to resume."
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = _free_bytes(exc.filename)
-        need = f" (about {needed / 2**20:.0f} MB more for this file" if needed else " ("
-        return DiskError(f"The disk is full while {doing}{need}; {free} free).",
+        free = _free_bytes(exc.filename or target)
+        need = f"about {max(1, round(needed / 2**20))} MB more for this file, " if needed else ""
+        return DiskError(f"The disk is full while {doing} ({need}{free} free).",
                          f"Free disk space or point ComfyUI's output folder at a larger disk. {kept}")
+    if exc.errno == errno.EFBIG:
+        return DiskError(f"The file system (or a file-size limit) refused a file this large while {doing}.",
+                         f"Use a disk whose file system takes large files (not FAT32), or raise the limit. {kept}")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return DiskError(f"No permission to write while {doing}: {exc.strerror} ({exc.filename}).",
                          f"Make the output folder writable, or start ComfyUI with another --output-directory. {kept}")
@@ -146,14 +168,15 @@ def _free_bytes(filename) -> str:
 
 
 @contextmanager
-def disk_errors(doing: str, needed: int | None = None) -> Iterator[None]:
-    """Turn OS errors inside the block into ``DiskError`` (full, read-only, bad name, ...)."""
+def disk_errors(doing: str, needed: int | None = None, target=None) -> Iterator[None]:
+    """Turn OS errors inside the block into ``DiskError`` (full, read-only, bad name, ...); ``target``:
+    the path being written (its disk is the one whose free space the message names)."""
     try:
         yield
     except DiskError:
         raise
     except OSError as exc:
-        raise _disk_message(exc, doing, needed) from exc
+        raise _disk_message(exc, doing, needed, target) from exc
     except ValueError as exc:  # e.g. "embedded null byte" from os functions
         if "null" in str(exc).lower():
             raise DiskError(f"A file name contains a NUL byte while {doing}.",
@@ -169,9 +192,16 @@ class JobLock:
         self._file = None
 
     def acquire(self) -> "JobLock":
-        with disk_errors("locking the job folder"):
-            self._file = open(self.path, "a+b")  # noqa: SIM115 - held for the render's lifetime
-        if not _try_lock(self._file):
+        for _ in range(5):  # a lock file removed by its holder between our open and lock: open it again
+            with disk_errors("locking the job folder", target=self.path):
+                self._file = open(self.path, "a+b")  # noqa: SIM115 - held for the render's lifetime
+            locked = _try_lock(self._file, self.path)
+            if not locked or self._same_file():
+                break
+            _unlock(self._file)
+            self._file.close()
+            locked = False
+        if not locked:
             holder = self._holder()
             self._file.close()
             self._file = None
@@ -195,11 +225,38 @@ class JobLock:
         except (OSError, ValueError, KeyError):
             return "another process"
 
+    def _same_file(self) -> bool:
+        try:
+            return os.name == "nt" or os.fstat(self._file.fileno()).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
+
     def release(self) -> None:
         if self._file is not None:
             _unlock(self._file)
             self._file.close()
             self._file = None
+
+    def release_and_remove(self) -> None:
+        """Remove the lock file and its (otherwise empty) folder, then release. On POSIX the file goes
+        while still locked (a waiting opener re-checks the inode); Windows cannot delete an open file."""
+        if os.name != "nt":
+            self.path.unlink(missing_ok=True)
+            _rmdir_quietly(self.path.parent)
+        self.release()
+        if os.name == "nt":
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            _rmdir_quietly(self.path.parent)
+
+
+def _rmdir_quietly(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty after all, or gone
 
     def __enter__(self) -> "JobLock":
         return self.acquire() if self._file is None else self
@@ -208,7 +265,11 @@ class JobLock:
         self.release()
 
 
-def _try_lock(f) -> bool:
+_HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK}
+
+
+def _try_lock(f, path: Path) -> bool:
+    """True when locked; False when another process holds it; DiskError when locks do not work here."""
     try:
         if os.name == "nt":
             import msvcrt
@@ -220,8 +281,11 @@ def _try_lock(f) -> bool:
 
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:
-        return False
+    except OSError as exc:
+        if exc.errno in _HELD:
+            return False
+        raise DiskError(f"The file system of '{path.parent}' does not support file locks ({exc.strerror}).",
+                        "Put ComfyUI's output folder on a local disk (network and FUSE mounts may not lock).") from exc
 
 
 def _unlock(f) -> None:

@@ -72,7 +72,7 @@ class JobManifest:
 
     def to_json(self) -> str:
         body = {
-            "format": self.format,
+            "format": FORMAT_VERSION,  # a resumed format-1 job is written as format 2 from then on
             "fingerprint": self.fingerprint,
             "inputs": self.inputs,
             "layout": self.layout,

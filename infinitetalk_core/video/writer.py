@@ -9,6 +9,7 @@ under its final name only once ffmpeg has finished (temporary name + atomic rena
 from __future__ import annotations
 
 import logging
+import errno
 import os
 import shutil
 import subprocess
@@ -214,8 +215,8 @@ class Mp4Writer:
                 "Check the audio input and the free disk space.",
             )
         try:
-            with disk_errors(f"saving '{self.path.name}'"):
-                shutil.move(str(self._tmp), str(self.path))  # a rename when temp and output share a disk
+            with disk_errors(f"saving '{self.path.name}'", target=self.path):
+                _publish(self._tmp, self.path)
         finally:
             self._tmp.unlink(missing_ok=True)
             self._cleanup()
@@ -229,6 +230,25 @@ class Mp4Writer:
             self.close()
         else:
             self.abort()
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Make ``tmp`` appear as ``path`` whole or not at all: a rename on one disk; across disks a copy to
+    a hidden name beside ``path`` first, so a failed copy never leaves a truncated mp4 under its name."""
+    try:
+        os.replace(tmp, path)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    fd, partial = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(tmp, partial)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def write_mp4(
