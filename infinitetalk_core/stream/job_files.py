@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 JOB_ENTRIES = {MANIFEST, LOCK, "chunks", "state"}  # what a job folder of ours may hold (+ .tmp-*)
 MAX_NAME = 100
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 _NAME = re.compile(r"[\w][\w .-]*")  # letters/digits/_ first; then also space, dot, dash
 
 
@@ -52,6 +53,8 @@ def _name_problem(text: str) -> str | None:
         return "is a path, not a folder name"
     if text.startswith(".") or not _NAME.fullmatch(text):
         return "is not a plain folder name"
+    if text.split(".")[0].upper() in _WINDOWS_DEVICES or text[-1] in ". ":
+        return "is a name Windows reserves (or ends in a dot or space)"
     return None
 
 

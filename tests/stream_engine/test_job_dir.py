@@ -202,3 +202,18 @@ def test_a_crafted_manifest_cannot_point_a_repair_outside_the_job(tmp_path, monk
     with pytest.raises(JobDamagedError, match="names files that are not job files"):
         JobDirectory.open(tmp_path / "job", PRINT, dict(LAYOUT, num_chunks=3, output_frames=6))
     assert sentinel.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("name", ["con", "NUL.txt", "lpt1", "take.", "../x", "a/b", ".hidden", "x" * 101, "a\x00b"])
+def test_job_names_are_one_plain_folder_name_on_every_os(name):
+    from infinitetalk_core.stream.job_files import safe_job_name
+
+    with pytest.raises(InputValidationError, match=r"^E_INPUT_VALIDATION: job_name .* Fix: "):
+        safe_job_name(name)
+
+
+def test_plain_job_names_are_kept():
+    from infinitetalk_core.stream.job_files import safe_job_name
+
+    assert [safe_job_name(n) for n in ("interview_take2", " my job 1 ", "v1.2-final", "")] == [
+        "interview_take2", "my job 1", "v1.2-final", ""]
