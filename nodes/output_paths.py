@@ -60,7 +60,7 @@ def comfy_output_path(folder_paths, prefix: str, width: int = 0, height: int = 0
     joined = f"{sub}/{name}" if sub else name
     try:
         folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(
-            joined, folder_paths.get_output_directory(), width, height)  # %width%/%height% placeholders
+            joined, folder_paths.get_output_directory(), width, height)  # fills %width%/%height% in the prefix
     except Exception as exc:  # ComfyUI raises a bare Exception with a multi-line message
         raise InputValidationError(f"filename_prefix {prefix[:80]!r} leaves the output folder.", _FIX) from exc
     with disk_errors(f"creating the output folder '{subfolder or '.'}'"):
