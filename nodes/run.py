@@ -169,9 +169,7 @@ def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt) ->
 
 def _prepare(inputs: dict, host, node_id):
     """Everything checked before the job folder is touched: settings, sizes, plan, conditioning inputs."""
-    from .sampler import InfiniteTalkStreamingSampler
-
-    check_sampler_settings(inputs, InfiniteTalkStreamingSampler.INPUT_TYPES())
+    check_sampler_settings(inputs)
     name = safe_job_name(inputs.get("job_name") or "")
     model, refs, feats = inputs["model"], inputs["references"], inputs["audio_features"]
     size, family = target_size(inputs, refs)

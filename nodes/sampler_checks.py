@@ -23,30 +23,10 @@ def _int(inputs: dict, name: str) -> int:
     return value
 
 
-def check_declared(inputs: dict, declared: dict) -> None:
-    """The node's own INPUT_TYPES limits (combo choices, min/max) for callers that bypass ComfyUI's
-    checks: API scripts, other packs calling the node function, our plain-torch host."""
-    specs = {**declared.get("required", {}), **declared.get("optional", {})}
-    for name, spec in specs.items():
-        value = inputs.get(name)
-        if value is None:
-            continue
-        kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
-        if isinstance(kind, list):
-            require(value in kind, f"{name}={value!r} is not one of {', '.join(map(str, kind))}.",
-                    f"Choose one of the listed values for {name}.")
-        elif kind in ("INT", "FLOAT"):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-            require(ok, f"{name}={value!r} is not a number.", f"Set {name} to a number.")
-            low, high = options.get("min"), options.get("max")
-            require((low is None or value >= low) and (high is None or value <= high),
-                    f"{name}={value} is outside {low}..{high}.", f"Set {name} between {low} and {high}.")
+def check_sampler_settings(inputs: dict) -> None:
+    """Raise InputValidationError naming the first wrong field (frame counts, size, steps, max_frames).
 
-
-def check_sampler_settings(inputs: dict, declared: dict | None = None) -> None:
-    """Raise InputValidationError naming the first wrong field (frame counts, size, steps, max_frames)."""
-    if declared is not None:
-        check_declared(inputs, declared)
+    Combo choices and min/max of every input are checked before this by ``common.coded_errors``."""
     chunk, context = _int(inputs, "chunk_frames"), _int(inputs, "context_frames")
     for name, value in (("chunk_frames", chunk), ("context_frames", context)):
         problem = check_4n1(name, value) if value >= 1 else f"{name}={value} must be at least 1."

@@ -79,10 +79,8 @@ class JobDirectory:
         try:
             job = cls._load_or_create(path, fingerprint, layout)
         except BaseException:
-            if created and _empty_job(path):
-                (path / MANIFEST).unlink(missing_ok=True)
-                for sub in ("chunks", "state"):
-                    _rmdir(path / sub)
+            if created:
+                _clear_unused(path)
             if job_lock is not None and (created or lock_is_new):
                 job_lock.release_and_remove()  # leave a refused folder as we found it
             elif job_lock is not None:
@@ -119,19 +117,14 @@ class JobDirectory:
     def close(self) -> None:
         """Release the render lock; a job created by this open that never got a chunk is removed
         (while still locked, so no other render can be inside it)."""
-        unused = self._created and not self.manifest.chunks and not self.manifest.pending
-        if self._lock is None:
-            if unused:
-                _remove_if_unused(self.path)
-            return
-        if unused and _empty_job(self.path):
-            (self.path / MANIFEST).unlink(missing_ok=True)
-            for sub in ("chunks", "state"):
-                _rmdir(self.path / sub)
-            self._lock.release_and_remove()
-        else:
-            self._lock.release()
-        self._lock = None
+        cleared = self._created and not self.manifest.chunks and not self.manifest.pending \
+            and _clear_unused(self.path)
+        if self._lock is not None:
+            self._lock.release_and_remove() if cleared else self._lock.release()
+            self._lock = None
+        elif cleared:  # opened without a lock (read-only use)
+            (self.path / LOCK).unlink(missing_ok=True)
+            _rmdir(self.path)
 
     def __enter__(self) -> "JobDirectory":
         return self
@@ -354,33 +347,27 @@ def _refuse_foreign_folder(path: Path) -> None:
                                    "Pick another job_name, or empty that folder yourself.")
 
 
-def _empty_job(path: Path) -> bool:
-    """Nothing but the manifest, the lock and empty (or temporary-only) chunks/ and state/."""
+def _clear_unused(path: Path) -> bool:
+    """Remove the manifest and empty chunks/ and state/ of a job that never got a chunk (the lock and
+    the folder itself go with the lock); False, touching nothing, when anything else is in it."""
     try:
         subs_empty = all(not (path / sub).is_dir() or all(p.name.startswith(".tmp-") for p in (path / sub).iterdir())
                          for sub in ("chunks", "state"))
-        return subs_empty and all(is_job_entry(p.name) for p in path.iterdir())
+        if not subs_empty or not all(is_job_entry(p.name) for p in path.iterdir()):
+            return False
+        (path / MANIFEST).unlink(missing_ok=True)
+        for sub in ("chunks", "state"):
+            if (path / sub).is_dir():
+                for tmp in (path / sub).glob(".tmp-*"):
+                    tmp.unlink(missing_ok=True)
+                _rmdir(path / sub)
+        return True
     except OSError:
         return False
 
 
 def _rmdir(folder: Path) -> None:
     try:
-        for tmp in folder.glob(".tmp-*"):
-            tmp.unlink(missing_ok=True)
         folder.rmdir()
     except OSError:
-        pass
-
-
-def _remove_if_unused(path: Path) -> None:
-    """Remove a job folder that holds no chunk (created by a render that stopped before its first)."""
-    try:
-        for sub in ("chunks", "state"):
-            if (path / sub).is_dir() and not any((path / sub).iterdir()):
-                (path / sub).rmdir()
-        for name in (MANIFEST, LOCK):
-            (path / name).unlink(missing_ok=True)
-        path.rmdir()
-    except OSError:
-        pass  # not empty after all (or gone): leave it
+        pass  # not empty after all, or gone: leave it
