@@ -17,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared pack loader
+from pack_loader import PACK_MODULE, load_pack  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[2]
-PACK_MODULE = "infinitetalk_pack_under_test"  # the name tests/nodes uses: one copy of the pack per process
 SIZE, CHUNK, CONTEXT, STEPS = 64, 13, 5, 2  # 64: the sampler's smallest custom size
 TEXT_DIM, CLIP_DIM = 16, 16
 FRAMES_3_CHUNKS = 29  # 13 + 8 + 8
@@ -35,21 +37,6 @@ RAW_TYPES = re.compile(r"\b(AttributeError|TypeError|KeyError|IndexError|ZeroDiv
                        r"RecursionError|NotImplementedError|StopIteration|UnpicklingError|"
                        r"JSONDecodeError|SafetensorError|HeaderTooLarge)\b|object has no attribute|"
                        r"object is not subscriptable|unsupported operand|Traceback|File \"")
-
-
-def load_pack(module_name: str = PACK_MODULE):
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
 
 
 def sub(name: str):

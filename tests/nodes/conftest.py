@@ -1,31 +1,14 @@
-"""Load the node pack the way ComfyUI does: an importlib spec for the pack's __init__.py under a module
-name derived from its path, never with the pack root on sys.path (our ``nodes/`` would shadow
-ComfyUI's ``nodes.py``)."""
+"""Node tests: the pack loaded as ComfyUI loads it (see tests/pack_loader.py), the plain-torch host."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PACK_MODULE = "infinitetalk_pack_under_test"
-
-
-def load_pack(module_name: str = PACK_MODULE):
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    init = REPO / "__init__.py"
-    spec = importlib.util.spec_from_file_location(module_name, init, submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared pack loader
+from pack_loader import PACK_MODULE, REPO, load_pack  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
