@@ -87,13 +87,19 @@ def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
         "model": digest_json([model.files, model.loras, str(model.config)]),
         "vae": tensor_digest(vae.encode(probe)),
         "reference": source.fingerprint(),
-        "audio": digest_json([tensor_digest(f) for f in feats.features] + [feats.boxes]),
+        "audio": digest_json(_feature_digests(feats) + [feats.boxes]),
         "text": text.fingerprint(),
         "clip": "none" if encoder is None else tensor_digest(encoder.encode_image(source.frame(0))),
         "parameters": digest_json([settings.to_json(), plan.chunk_frames, plan.context_frames,
                                    plan.output_frames, list(size)]),
     }
     return JobFingerprint(inputs)
+
+
+def _feature_digests(feats) -> list[str]:
+    """Per-speaker feature digests: Audio Encode already hashed them (hours of features take seconds)."""
+    digests = feats.fingerprint.split("|") if feats.fingerprint else []
+    return digests if len(digests) == len(feats.features) else [tensor_digest(f) for f in feats.features]
 
 
 class _DeferredInterrupt:

@@ -171,6 +171,20 @@ def test_interrupted_run_resumes_from_the_last_finished_chunk(graph, pack_module
     assert np.array_equal(resumed, fresh)
 
 
+def test_a_named_job_refuses_other_speech(graph):
+    """The job fingerprint covers the audio features (taken from Audio Encode's own digests)."""
+    n = graph["nodes"]
+    encode = n["InfiniteTalkAudioEncode"]()
+    refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
+    first, *_ = encode.encode(graph["wav2vec"], speech(0.6), False)
+    n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, first, job_name="speech"))
+    louder = speech(0.6)
+    louder["waveform"] = louder["waveform"] * 0.5 + 0.01
+    other, *_ = encode.encode(graph["wav2vec"], louder, False)
+    with pytest.raises(ValueError, match=r"made for other inputs \(changed: audio\)"):
+        n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, other, job_name="speech"))
+
+
 def test_video_combine_takes_an_image_batch(graph):
     images = torch.rand(10, 32, 48, 3)
     result = graph["nodes"]["InfiniteTalkVideoCombine"]().combine(10.0, "tests/imgs", 23, images=images,
