@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infinitetalk_core.stream.guidance import GuidanceConfig  # noqa: E402
+from infinitetalk_core.sampling.guidance import GuidanceConfig  # noqa: E402
 from infinitetalk_core.stream.host import TextContexts  # noqa: E402
 from infinitetalk_core.stream.plan import plan_chunks  # noqa: E402
 from infinitetalk_core.stream.render import render_to_job  # noqa: E402

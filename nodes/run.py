@@ -13,7 +13,7 @@ import torch
 
 from ..infinitetalk_core.stream import bucket_for, default_shift, plan_chunks, speaker_masks
 from ..infinitetalk_core.stream.generate import generate_chunks
-from ..infinitetalk_core.stream.guidance import GuidanceConfig
+from ..infinitetalk_core.sampling.guidance import GuidanceConfig
 from ..infinitetalk_core.stream.hooks import StreamHooks
 from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, tensor_digest
 from ..infinitetalk_core.stream.job import JobFingerprint, digest_json

@@ -25,14 +25,14 @@ from ..audio import chunk_audio_windows
 from ..color import match_colors_signed
 from ..errors import NonFiniteError
 from .conditioning import ChunkConditioning, build_conditioning, encode_context
-from .guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND
+from ..sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE
 from .plan import ChunkPlan, StreamPlan, latent_frames_for
 from .references import reference_frame_for_chunk
-from .sampler import sample_flow_euler
-from .schedule import flow_timesteps
-from .seeds import chunk_noise
+from ..sampling.sampler import sample_flow_euler
+from ..sampling.schedule import flow_timesteps
+from ..sampling.seeds import chunk_noise
 from .settings import StreamSettings
 from .sources import ReferenceFrames
 from .validation import validate_stream_inputs

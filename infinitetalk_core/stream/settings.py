@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 from ..color import COLOR_METHODS as _MATCH_METHODS
 from ..color import COLOR_REFERENCES as _MATCH_REFERENCES
 from ..errors import InputValidationError
-from .guidance import GuidanceConfig
+from ..sampling.guidance import GuidanceConfig
 from .references import OVERFLOW_MODES, REFERENCE_STRATEGIES
-from .schedule import flow_timesteps
-from .seeds import chunk_seed
+from ..sampling.schedule import flow_timesteps
+from ..sampling.seeds import chunk_seed
 
 COLOR_METHODS = ("none", *_MATCH_METHODS)  # none, lab (reference), histogram, mkl
 # first: the first chunk's reference frame, fixed for the whole video (reference behaviour);

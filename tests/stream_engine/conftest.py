@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from infinitetalk_core.stream.guidance import GuidanceConfig
+from infinitetalk_core.sampling.guidance import GuidanceConfig
 from infinitetalk_core.stream.host import TextContexts
 from infinitetalk_core.stream.plan import plan_chunks
 from infinitetalk_core.stream.settings import StreamSettings

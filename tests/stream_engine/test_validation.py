@@ -9,7 +9,7 @@ import torch
 
 from infinitetalk_core.errors import InputValidationError
 from infinitetalk_core.stream.generate import StreamState, generate_chunks
-from infinitetalk_core.stream.guidance import GuidanceConfig
+from infinitetalk_core.sampling.guidance import GuidanceConfig
 from infinitetalk_core.stream.host import TextContexts
 from infinitetalk_core.stream.render import render_to_job
 from infinitetalk_core.stream.sources import TensorReference

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from infinitetalk_core.errors import InputValidationError
-from infinitetalk_core.stream.guidance import (
+from infinitetalk_core.sampling.guidance import (
     APGState,
     GuidanceConfig,
     apg_update,
@@ -16,8 +16,8 @@ from infinitetalk_core.stream.guidance import (
     guidance_passes,
     guide_cfg,
 )
-from infinitetalk_core.stream.sampler import euler_step, sample_flow_euler
-from infinitetalk_core.stream.schedule import flow_sigmas, flow_timesteps, step_sizes
+from infinitetalk_core.sampling.sampler import euler_step, sample_flow_euler
+from infinitetalk_core.sampling.schedule import flow_sigmas, flow_timesteps, step_sizes
 
 MODES = {
     "cfg_text5_audio4": GuidanceConfig(5.0, 4.0, use_apg=False),

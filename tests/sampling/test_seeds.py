@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from infinitetalk_core.errors import InputValidationError
-from infinitetalk_core.stream.seeds import MAX_SEED, chunk_noise, chunk_seed
+from infinitetalk_core.sampling.seeds import MAX_SEED, chunk_noise, chunk_seed
 
 
 def test_chunk_zero_uses_the_seed_like_comfyui():

@@ -1,0 +1,28 @@
+"""Sampling maths as pure functions over a model callable (k-diffusion style): timestep schedules,
+guidance, the samplers, per-chunk seeds and the step caches. Nothing here knows about chunks, jobs,
+VAEs or ComfyUI; the streaming engine (``infinitetalk_core.stream``) builds the model callable.
+"""
+from .guidance import (
+    ALL_PASSES,
+    COND,
+    DROP_AUDIO,
+    DROP_TEXT,
+    UNCOND,
+    APGState,
+    GuidanceConfig,
+    apg_update,
+    combine_guidance,
+    guidance_passes,
+    guide_cfg,
+    guide_single,
+)
+from .sampler import euler_step, sample_flow_euler, write_context
+from .schedule import flow_sigmas, flow_timesteps, shift_timesteps, step_sizes
+from .seeds import chunk_noise, chunk_seed
+
+__all__ = [
+    "ALL_PASSES", "APGState", "COND", "DROP_AUDIO", "DROP_TEXT", "GuidanceConfig", "UNCOND",
+    "apg_update", "chunk_noise", "chunk_seed", "combine_guidance", "euler_step", "flow_sigmas",
+    "flow_timesteps", "guidance_passes", "guide_cfg", "guide_single", "sample_flow_euler",
+    "shift_timesteps", "step_sizes", "write_context",
+]
