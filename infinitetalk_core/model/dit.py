@@ -29,6 +29,7 @@ else x's dtype, e.g. for fp8-stored weights behind casting ``operations``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,15 @@ from .rope import cos_sin, rope_3d_angles
 
 log = logging.getLogger(__name__)
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass
+class BlockCacheCall:
+    """One DiT call's link to a step cache (see ``InfiniteTalkDiT.forward``): ``reuse`` [B, L, dim] skips
+    the blocks; otherwise ``residual`` is filled with the blocks' output minus input."""
+
+    reuse: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -203,11 +213,15 @@ class InfiniteTalkDiT(nn.Module):
         attention_backend: str | None = None,
         compute_dtype: torch.dtype | None = None,
         debug: dict | None = None,
+        block_cache: BlockCacheCall | None = None,
     ) -> torch.Tensor:
         """x [B, 16, T, h, w] -> velocity [B, 16, T, h, w] float32. See the module docstring for the inputs.
 
         ``debug``: a dict that receives named intermediates (e, e0, text_context, img_context, patch_tokens,
         audio_tokens, block{i}.{audio_attn_out, out, x_ref_attn_map, audio_q_pos, audio_k_pos}).
+        ``block_cache`` (step caches): with ``reuse`` set, every block is skipped and ``reuse`` is added
+        to this call's patch tokens (text, CLIP and audio embeddings are skipped too: only the blocks use
+        them); otherwise the blocks run and ``residual`` receives their output minus their input.
         """
         cfg, batch, device = self.config, x.shape[0], x.device
         dtype = self._compute_dtype(x, compute_dtype)
@@ -230,6 +244,10 @@ class InfiniteTalkDiT(nn.Module):
         e, e0 = self.embed_time(
             t.to(device) if torch.is_tensor(t) else torch.tensor(t, device=device), batch, dtype
         )
+        if block_cache is not None and block_cache.reuse is not None:
+            tokens = tokens + block_cache.reuse.to(tokens)
+            return self.unpatchify(self.head(tokens, e), grid).float()
+        block_input = tokens
         text = self.embed_text(context, batch, dtype, device)
         image = self.img_emb(_broadcast(clip_fea, batch, "clip_fea").to(device=device, dtype=dtype))
         ctx = torch.cat([image, text], dim=1).to(dtype)
@@ -247,7 +265,15 @@ class InfiniteTalkDiT(nn.Module):
             if debug is not None:
                 debug.update({f"block{i}.{k}": v for k, v in block_debug.items()})
                 debug[f"block{i}.out"] = tokens
+        if block_cache is not None:
+            block_cache.residual = tokens - block_input
         return self.unpatchify(self.head(tokens, e), grid).float()
+
+    def step_cache_indicator(self, t: torch.Tensor, x: torch.Tensor, use_e0: bool = True) -> torch.Tensor:
+        """TeaCache's indicator for timestep t: e0 [1, 6, dim] (time projection) or e [1, dim], float32."""
+        dtype = self._compute_dtype(x, None)
+        e, e0 = self.embed_time(torch.as_tensor(t, device=x.device).flatten()[:1], 1, dtype)
+        return e0 if use_e0 else e
 
     def _audio_inputs(self, audio, masks, batch, grid, dtype, device):
         if self.config.audio is None:
@@ -323,4 +349,4 @@ def _check_latent(x: torch.Tensor, cfg: DiTConfig) -> tuple[int, int, int]:
     return tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))  # type: ignore[return-value]
 
 
-__all__ = ["InfiniteTalkDiT", "ImageProjection", "sinusoidal_embedding"]
+__all__ = ["BlockCacheCall", "InfiniteTalkDiT", "ImageProjection", "sinusoidal_embedding"]

@@ -37,6 +37,13 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.
     return x - v * dt.to(x.device)
 
 
+def guided_velocity(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, passes: Sequence[str],
+                    guidance: GuidanceConfig, state: APGState
+                    ) -> tuple[torch.Tensor, APGState, dict[str, torch.Tensor]]:
+    """One step's guided velocity: evaluate the passes at (x, t), combine them -> (v, state, terms)."""
+    return combine_guidance(model_fn(x, t, passes), guidance, state)
+
+
 def _check(noise: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None) -> None:
     if noise.dim() < 4:
         raise InputValidationError(
@@ -79,8 +86,7 @@ def sample_flow_euler(
     state, total = APGState(), timesteps.numel() - 1
     for i in range(total):
         t, t_next = timesteps[i : i + 1], timesteps[i + 1 : i + 2]
-        preds = model_fn(x, t, passes)
-        v, state, terms = combine_guidance(preds, guidance, state)
+        v, state, terms = guided_velocity(model_fn, x, t, passes, guidance, state)
         x_in, x = x, write_context(euler_step(x, v, t, t_next), context_latents)
         if callback is not None:
             sigma = t / NUM_TRAIN_TIMESTEPS

@@ -6,6 +6,8 @@ regenerated alone (resume, re-render one chunk) and results do not depend on the
 - chunk_seed(seed, k > 0) mixes (seed, k) with SplitMix64 into a 63-bit integer.
 - chunk_noise draws float32 standard normals from a CPU torch.Generator, then moves/casts them,
   so CPU and GPU runs get identical noise.
+- step_noise(seed, k, step) is the fresh noise a stochastic (distilled) sampler draws after a step:
+  the same CPU-generator recipe on SplitMix64(chunk seed, step + 1), so it is regenerable too.
 
 The reference instead draws every chunk's noise sequentially from the global CUDA generator, so its
 chunks cannot be regenerated independently and its noise differs between devices.
@@ -20,6 +22,9 @@ from ..errors import InputValidationError
 
 MAX_SEED = 0xFFFF_FFFF_FFFF_FFFF  # ComfyUI seed widgets go up to 2^64 - 1
 _MASK64 = (1 << 64) - 1
+# XORed into the chunk seed before mixing in the step: without it, chunk 0 (whose seed is the seed
+# itself) would give step s the seed of chunk s + 1.
+_STEP_DOMAIN = 0x5354_4550_4E4F_4953
 
 
 def _splitmix64(value: int) -> int:
@@ -54,5 +59,25 @@ def chunk_noise(shape: Sequence[int], seed: int, chunk_index: int,
     Drawn in float32 on a CPU generator, then moved to ``device`` and cast to ``dtype``.
     """
     generator = torch.Generator(device="cpu").manual_seed(chunk_seed(seed, chunk_index))
+    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu")
+    return noise.to(device=device or "cpu", dtype=dtype)
+
+
+def step_seed(seed: int, chunk_index: int, step: int) -> int:
+    """63-bit seed of the fresh noise a stochastic sampler draws after step ``step`` of a chunk."""
+    _check_int("step", step, 1 << 32)
+    mixed = _splitmix64(chunk_seed(seed, chunk_index) ^ _STEP_DOMAIN)
+    return _splitmix64(mixed ^ (step + 1)) >> 1
+
+
+def step_noise(shape: Sequence[int], seed: int, chunk_index: int, step: int,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of ``shape`` for step ``step`` of chunk ``chunk_index``.
+
+    Depends only on (seed, chunk_index, step), on a seed of its own (not any chunk's), so it is a
+    different draw from chunk_noise(seed, chunk_index). Drawn in float32 on a CPU generator like
+    chunk_noise, then moved to ``device`` and cast to ``dtype``.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(step_seed(seed, chunk_index, step))
     noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu")
     return noise.to(device=device or "cpu", dtype=dtype)

@@ -25,28 +25,20 @@ from ..audio import chunk_audio_windows
 from ..color import match_colors_signed
 from ..errors import NonFiniteError
 from .conditioning import ChunkConditioning, build_conditioning, encode_context
-from ..sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND
+from .model_fn import PassBatching, make_model_fn
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE
 from .plan import ChunkPlan, StreamPlan, latent_frames_for
 from .references import reference_frame_for_chunk
-from ..sampling.sampler import sample_flow_euler
-from ..sampling.schedule import flow_timesteps
-from ..sampling.seeds import chunk_noise
+from ..sampling.easycache import EasyCache
+from ..sampling.schedulers import scheduler_sampler, scheduler_timesteps
+from ..sampling.teacache import TeaCache
+from ..sampling.seeds import chunk_noise, step_noise
 from .settings import StreamSettings
 from .sources import ReferenceFrames
 from .validation import validate_stream_inputs
 
 log = logging.getLogger(__name__)
-
-# pass name -> (uses the positive prompt, uses the real audio)
-PASS_INPUTS = {
-    COND: (True, True),
-    DROP_TEXT: (False, True),
-    UNCOND: (False, False),
-    DROP_AUDIO: (True, False),
-}
-
 
 @dataclass
 class StreamState:
@@ -77,6 +69,8 @@ class ChunkResult:
     reference_index: int
     state: StreamState  # the state after this chunk (persist it to resume)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour
+    pass_calls: int = 0  # guidance-pass evaluations the sampler asked for (steps x passes)
+    skipped_calls: int = 0  # of those, answered by the step cache without the transformer blocks
 
     @property
     def index(self) -> int:
@@ -129,7 +123,7 @@ def generate_chunks(
         masks.to(device),
         hooks or StreamHooks(),
         device,
-        flow_timesteps(settings.steps, settings.shift),
+        scheduler_timesteps(settings.scheduler, settings.steps, settings.shift),
         PassBatching(settings.batch_passes),
     )
     return _stream(run, state or StreamState())
@@ -172,7 +166,8 @@ def _stream(run: _Run, state: StreamState) -> Iterator[ChunkResult]:
             yield result  # the consumer commits it before anything below can interrupt
             if hooks.on_chunk is not None:
                 hooks.on_chunk(
-                    ChunkProgress(chunk.index, plan.num_chunks, result.frames, clock.eta(chunk.index + 1, 0))
+                    ChunkProgress(chunk.index, plan.num_chunks, result.frames, clock.eta(chunk.index + 1, 0),
+                                  result.pass_calls, result.skipped_calls)
                 )
     finally:  # early stop, interrupt or error: drop device tensors now, not at garbage collection
         cache.clear()
@@ -237,6 +232,7 @@ def _generate_chunk(
     t1 = _sync(device)
     timings["vae"] += t1 - t0
 
+    step_cache = settings.step_cache.new_state(settings.steps)  # fresh per chunk
     model_fn = make_model_fn(
         run.model,
         y.to(device),
@@ -246,18 +242,27 @@ def _generate_chunk(
         negative.to(device),
         run.masks,
         run.batching,
+        step_cache if isinstance(step_cache, TeaCache) else None,
     )
+    if isinstance(step_cache, EasyCache):
+        model_fn = step_cache.wrap(model_fn)
+    model_fn, calls = _counting(model_fn)
     h, w = y.shape[-2:]
     run.hooks.stage("sampling", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
     clock.start_sampling()
-    noise = chunk_noise((16, latent_frames_for(plan.chunk_frames), h, w), settings.seed, chunk.index, device)
-    latents = sample_flow_euler(
+    shape = (16, latent_frames_for(plan.chunk_frames), h, w)
+    noise = chunk_noise(shape, settings.seed, chunk.index, device)
+    extra = {}
+    if settings.scheduler == "distill":  # fresh noise per step, from (seed, chunk, step): resumable
+        extra["step_noise"] = lambda i: step_noise(shape, settings.seed, chunk.index, i, device)
+    latents = scheduler_sampler(settings.scheduler)(
         model_fn,
         noise,
         run.timesteps,
         context.to(device),
         settings.guidance,
         _step_callback(run.hooks, clock, chunk.index, plan.num_chunks),
+        **extra,
     )
     t2 = _sync(device)
     timings["dit"] = t2 - t1
@@ -284,7 +289,22 @@ def _generate_chunk(
     log.debug(
         "chunk %d/%d: %s", chunk.index + 1, plan.num_chunks, {k: round(v, 3) for k, v in timings.items()}
     )
-    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings)
+    skipped = 0 if step_cache is None else step_cache.skipped
+    if step_cache is not None:
+        log.info("chunk %d/%d: step cache skipped %d of %d DiT pass calls", chunk.index + 1,
+                 plan.num_chunks, skipped, calls[0])
+    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls[0], skipped)
+
+
+def _counting(model_fn):
+    """model_fn that counts the guidance-pass evaluations requested of it -> (fn, [count])."""
+    calls = [0]
+
+    def counted(x, t, passes):
+        calls[0] += len(passes)
+        return model_fn(x, t, passes)
+
+    return counted, calls
 
 
 def check_finite(values: torch.Tensor, chunk: ChunkPlan, num_chunks: int, what: str) -> None:
@@ -326,67 +346,4 @@ def _step_callback(hooks: StreamHooks, clock: ProgressClock, chunk: int, num_chu
     return callback
 
 
-class PassBatching:
-    """Whether a step's guidance passes share one DiT forward. Batching is ~1.5x faster but needs
-    activation memory for every pass at once; after an out-of-memory error it is switched off for the
-    rest of the run (one object per run), so a render degrades to sequential passes instead of dying."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-
-
-def make_model_fn(
-    model,
-    y: torch.Tensor,
-    clip: torch.Tensor | None,
-    audio: torch.Tensor,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
-    masks: torch.Tensor,
-    batch_passes: bool | PassBatching = True,
-):
-    """The sampler's ``model_fn(x, t, passes) -> {pass: v}`` for one chunk.
-
-    x [16, T, h, w]; y [20, T, h, w]; clip [1, 257, D]; audio [P, F, 5, L, C]. The null-audio passes
-    get one zero speaker [1, F, 5, L, C] (reference). ``batch_passes`` runs all requested passes in one
-    forward (B = number of passes), falling back to one forward per pass if that runs out of memory.
-    """
-    batching = batch_passes if isinstance(batch_passes, PassBatching) else PassBatching(batch_passes)
-    null_audio = torch.zeros_like(audio[:1])
-
-    def inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        use_prompt, use_audio = PASS_INPUTS[name]
-        return (positive if use_prompt else negative), (audio if use_audio else null_audio)
-
-    def forward(x: torch.Tensor, t: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        contexts, audios = zip(*(inputs(n) for n in names))
-        batch = x.unsqueeze(0).expand(len(names), *x.shape)
-        return model(
-            batch,
-            t.expand(len(names)),
-            list(contexts),
-            clip_fea=clip,
-            y=y.unsqueeze(0),
-            audio=list(audios),
-            ref_target_masks=masks,
-        )
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor, passes: Sequence[str]) -> dict[str, torch.Tensor]:
-        if batching.enabled and len(passes) > 1:
-            try:
-                return dict(zip(passes, forward(x, t, passes).unbind(0)))
-            except torch.OutOfMemoryError:
-                batching.enabled = False
-                log.warning(
-                    "Out of memory with %d guidance passes in one forward; running them one by "
-                    "one from now on (slower, less memory).",
-                    len(passes),
-                )
-                if x.device.type == "cuda":
-                    torch.cuda.empty_cache()
-        return {name: forward(x, t, [name])[0] for name in passes}
-
-    return model_fn
-
-
-__all__ = ["ChunkResult", "PassBatching", "StreamState", "generate_chunks", "make_model_fn", "PASS_INPUTS"]
+__all__ = ["ChunkResult", "StreamState", "check_finite", "generate_chunks"]

@@ -45,6 +45,8 @@ class ChunkProgress:
     num_chunks: int
     frames: torch.Tensor  # the chunk's kept frames [3, n, H, W] in [-1, 1] (after colour correction)
     eta_seconds: float | None
+    pass_calls: int = 0  # guidance-pass evaluations of the chunk (steps x passes)
+    skipped_calls: int = 0  # of those, answered by the step cache
 
 
 @dataclass(frozen=True)

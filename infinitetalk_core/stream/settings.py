@@ -10,8 +10,9 @@ from ..color import COLOR_REFERENCES as _MATCH_REFERENCES
 from ..errors import InputValidationError
 from ..sampling.guidance import GuidanceConfig
 from .references import OVERFLOW_MODES, REFERENCE_STRATEGIES
-from ..sampling.schedule import flow_timesteps
+from ..sampling.schedulers import check_scheduler, scheduler_timesteps
 from ..sampling.seeds import chunk_seed
+from ..sampling.step_cache import StepCacheSettings
 
 COLOR_METHODS = ("none", *_MATCH_METHODS)  # none, lab (reference), histogram, mkl
 # first: the first chunk's reference frame, fixed for the whole video (reference behaviour);
@@ -36,10 +37,13 @@ class StreamSettings:
     reference_overflow: str = "hold"
     audio_padding: str = "mirror"
     batch_passes: bool = True  # evaluate the guidance passes of a step in one batched DiT forward
+    step_cache: StepCacheSettings = field(default_factory=StepCacheSettings)
+    scheduler: str = "flow_euler"  # sampling.schedulers.SCHEDULERS
 
     def validate(self) -> None:
         """Raise InputValidationError naming the first bad setting (cheap; no model needed)."""
-        flow_timesteps(self.steps, self.shift)
+        check_scheduler(self.scheduler)
+        scheduler_timesteps(self.scheduler, self.steps, self.shift)
         chunk_seed(self.seed, 0)
         if not isinstance(self.guidance, GuidanceConfig):
             raise InputValidationError(
@@ -57,6 +61,12 @@ class StreamSettings:
                 f"color_strength must be in [0, 1], got {s!r}.",
                 "Use 1.0 (reference default) for full correction, 0 to disable it.",
             )
+        if not isinstance(self.step_cache, StepCacheSettings):
+            raise InputValidationError(
+                f"step_cache must be a StepCacheSettings, got {type(self.step_cache).__name__}.",
+                "Build it with StepCacheSettings(method=...).",
+            )
+        self.step_cache.validate(self.steps, self.scheduler)
         if not isinstance(self.batch_passes, bool):
             raise InputValidationError(
                 f"batch_passes must be True or False, got {self.batch_passes!r}.", "Pass a boolean."
@@ -67,8 +77,14 @@ class StreamSettings:
         return self.color_method != "none" and self.color_strength > 0
 
     def to_json(self) -> dict:
-        """Plain dict for job manifests (every field, guidance included)."""
-        return asdict(self)
+        """Plain dict for job manifests (every field, guidance included). Options at their "off" value
+        are left out, so job folders made before the option existed still match."""
+        out = asdict(self)
+        if not self.step_cache.enabled:
+            del out["step_cache"]
+        if self.scheduler == "flow_euler":
+            del out["scheduler"]
+        return out
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
