@@ -48,6 +48,8 @@ export function parseProgress(detail) {
     fraction: clamped,
     eta: Number.isFinite(detail.eta) ? detail.eta : null,
     chunkDone: detail.chunk_done === true,
+    ditCalls: wholeNumber(detail.dit_calls) ?? 0,
+    skippedCalls: wholeNumber(detail.skipped_calls) ?? 0,
   };
 }
 
@@ -77,6 +79,8 @@ export function progressLabel(p) {
     return parts.join(" · ");
   }
   if (!p.chunkDone) parts.push(p.steps > 0 ? `sampling step ${p.step}/${p.steps}` : "sampling");
+  // step caches: how many of the finished chunk's DiT pass calls were answered from the cache
+  if (p.chunkDone && p.skippedCalls > 0 && p.ditCalls > 0) parts.push(`cache skipped ${p.skippedCalls}/${p.ditCalls}`);
   parts.push(eta);
   return parts.join(" · ");
 }

@@ -14,6 +14,8 @@ import torch
 from ..infinitetalk_core.stream import bucket_for, default_shift, plan_chunks, speaker_masks
 from ..infinitetalk_core.stream.generate import generate_chunks
 from ..infinitetalk_core.sampling.guidance import GuidanceConfig
+from ..infinitetalk_core.sampling.schedulers import DISTILL_SHIFT
+from ..infinitetalk_core.sampling.step_cache import StepCacheSettings
 from ..infinitetalk_core.stream.hooks import StreamHooks
 from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, tensor_digest
 from ..infinitetalk_core.stream.job import JobFingerprint, digest_json
@@ -72,11 +74,15 @@ def target_size(inputs: dict, refs) -> tuple[tuple[int, int], str]:
 def _settings(inputs: dict, refs, family: str) -> StreamSettings:
     guidance = GuidanceConfig(inputs["text_guidance"], inputs["audio_guidance"], inputs.get("use_apg", False),
                               inputs.get("apg_momentum", -0.75), inputs.get("apg_norm_threshold", 55.0))
+    scheduler = inputs.get("scheduler") or "flow_euler"
+    auto_shift = DISTILL_SHIFT if scheduler == "distill" else default_shift(family)
+    cache = StepCacheSettings(inputs.get("step_cache") or "none", inputs.get("cache_threshold") or 0.0,
+                              inputs.get("cache_start_step") or 0, inputs.get("cache_end_step") or 0, family)
     settings = StreamSettings(
-        steps=inputs["steps"], shift=inputs["shift"] or default_shift(family), guidance=guidance,
+        steps=inputs["steps"], shift=inputs["shift"] or auto_shift, guidance=guidance,
         seed=inputs["seed"], color_method=inputs["color_method"], color_strength=inputs["color_strength"],
         color_reference=inputs["color_reference"], reference_strategy=refs.strategy,
-        reference_overflow=refs.overflow)
+        reference_overflow=refs.overflow, step_cache=cache, scheduler=scheduler)
     settings.validate()
     return settings
 
@@ -162,7 +168,8 @@ def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt) ->
     def on_chunk(c):  # runs after the chunk is committed: a held interrupt may stop the run now
         frames = ((c.frames[:, -1:].float() + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0)
         deferred.guard(progress.update, (c.chunk + 1) * steps, first_image_to_pil(frames))
-        deferred.guard(send, "sampling", c.chunk + 1, c.num_chunks, 0, c.eta_seconds, chunk_done=True)
+        deferred.guard(send, "sampling", c.chunk + 1, c.num_chunks, 0, c.eta_seconds, chunk_done=True,
+                       dit_calls=c.pass_calls, skipped_calls=c.skipped_calls)
         deferred.raise_pending()
 
     def check_interrupt():

@@ -41,6 +41,8 @@ class InfiniteTalkStreamingSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..infinitetalk_core.sampling.schedulers import SCHEDULERS
+        from ..infinitetalk_core.sampling.step_cache import STEP_CACHES
         from ..infinitetalk_core.stream.settings import COLOR_METHODS, COLOR_REFERENCES
 
         return {
@@ -107,6 +109,22 @@ class InfiniteTalkStreamingSampler:
                 "job_name": ("STRING", {"default": "", "tooltip":
                              "Job folder name under output/InfiniteTalk_jobs; empty = derived from the "
                              "inputs (identical inputs resume automatically)."}),
+                "scheduler": (list(SCHEDULERS), {"default": "flow_euler", "tooltip":
+                              "flow_euler: the reference's sampler (40 steps). unipc: better at 8-20 steps "
+                              "(WanVideoWrapper's default). distill: the fixed 4-step timesteps the lightx2v "
+                              "LoRA was trained with (shift 0 = its 5; use text 1, audio 2)."}),
+                "step_cache": (list(STEP_CACHES), {"default": "none", "tooltip":
+                               "Skip DiT work on steps that change little: teacache (the reference's, "
+                               "calibrated on the 14B model, about 2x at 0.2) or easycache (calibration-free). "
+                               "Needs 10+ steps; refused with distill presets."}),
+                "cache_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip":
+                                    "Higher skips more and costs quality; 0 = the method's default (0.2)."}),
+                "cache_start_step": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip":
+                                     "Steps before this are always computed; 0 = the method's default "
+                                     "(TeaCache 5, EasyCache 15% of the steps)."}),
+                "cache_end_step": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip":
+                                   "Steps from this one on are always computed; 0 = the method's default "
+                                   "(TeaCache none, EasyCache the last 5%)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

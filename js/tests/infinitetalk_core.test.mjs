@@ -15,7 +15,7 @@ test("formatEta", () => {
 test("parseProgress accepts the server payload and rejects junk", () => {
   const p = parseProgress({ node: 12, chunk: 2, chunks: 10, step: 7, steps: 40, fraction: 0.3, eta: 90 });
   assert.deepEqual(p, { node: "12", stage: "sampling", chunk: 2, chunks: 10, step: 7, steps: 40, fraction: 0.3,
-    eta: 90, chunkDone: false });
+    eta: 90, chunkDone: false, ditCalls: 0, skippedCalls: 0 });
   assert.equal(parseProgress(null), null);
   assert.equal(parseProgress({ chunk: 1 }), null);
   assert.equal(parseProgress({ chunk: -1, chunks: 3 }), null);
@@ -27,7 +27,7 @@ test("parseProgress reads the stage", () => {
   const p = parseProgress({ node: "13", stage: "decoding", chunk: 0, chunks: 4, step: 2, steps: 2, fraction: 0.2,
     eta: null });
   assert.deepEqual(p, { node: "13", stage: "decoding", chunk: 0, chunks: 4, step: 2, steps: 2, fraction: 0.2,
-    eta: null, chunkDone: false });
+    eta: null, chunkDone: false, ditCalls: 0, skippedCalls: 0 });
   // stages before the chunk plan exists (and muxing/done) may come without chunk numbers
   assert.equal(parseProgress({ stage: "preparing", node: 12 }).chunks, null);
   assert.equal(parseProgress({ stage: "muxing", chunks: 0, chunk: 0, fraction: 0.95 }).stage, "muxing");
@@ -63,5 +63,9 @@ test("progressLabel keeps payloads without a stage working", () => {
   assert.equal(progressLabel(parseProgress({ chunk: 3, chunks: 10, steps: 40, fraction: 0.3, eta: null, chunk_done: true })),
     "Chunk 3/10 · ETA --:--");
   assert.equal(progressLabel(parseProgress({ chunk: 10, chunks: 10, fraction: 1, chunk_done: true })), "Done");
+  assert.equal(progressLabel(parseProgress({ chunk: 3, chunks: 10, steps: 40, fraction: 0.3, eta: 60, chunk_done: true,
+    dit_calls: 120, skipped_calls: 42 })), "Chunk 3/10 · cache skipped 42/120 · ETA 1:00");
+  assert.equal(progressLabel(parseProgress({ chunk: 3, chunks: 10, steps: 40, fraction: 0.3, eta: 60, chunk_done: true,
+    dit_calls: 120, skipped_calls: 0 })), "Chunk 3/10 · ETA 1:00");
   assert.equal(progressLabel(null), "");
 });

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
+LORA_FILE = "tiny_lightx2v_rank4.safetensors"  # written by conftest.py
 NODE_IDS = {"InfiniteTalkModelLoader", "InfiniteTalkWav2VecLoader", "InfiniteTalkAudioEncode",
             "InfiniteTalkReferenceSampler", "InfiniteTalkStreamingSampler", "InfiniteTalkColorMatch",
             "InfiniteTalkVideoCombine"}
@@ -62,6 +63,8 @@ def tiny_graph(name: str) -> dict:
     graph["4"]["inputs"].update(clip_name="clip_l_random.safetensors", type="stable_diffusion")
     graph["7"]["inputs"]["clip_name"] = "vit_l_random.safetensors"
     graph["12"]["inputs"].update(size="custom", width=64, height=64, chunk_frames=17, context_frames=5, steps=2)
+    if graph["1"]["inputs"]["lora_1"] != "none":  # the *_lightx2v presets: a tiny LoRA in the same layout
+        graph["1"]["inputs"]["lora_1"] = LORA_FILE
     return graph
 
 
@@ -93,7 +96,9 @@ def test_server_loads_the_pack(server):
 
 
 @pytest.mark.parametrize("name, keys", [("infinitetalk_image_to_video", ("image", "audio")),
-                                        ("infinitetalk_video_dubbing", ("video", "audio"))])
+                                        ("infinitetalk_video_dubbing", ("video", "audio")),
+                                        ("infinitetalk_image_to_video_lightx2v", ("image", "audio")),
+                                        ("infinitetalk_video_dubbing_lightx2v", ("video", "audio"))])
 def test_example_workflow_runs_and_writes_the_mp4(server, tmp_path, name, keys):
     files = write_inputs(tmp_path, 2.0)
     history = run(server, tiny_graph(name), {k: files[k] for k in keys})

@@ -20,9 +20,27 @@ NATIVE_OUTPUTS = {"LoadImage": ("IMAGE", "MASK"), "LoadAudio": ("AUDIO",), "Load
 FILE_COMBOS = {"base_model", "infinitetalk_model", "wav2vec_model", "lora_1", "lora_2"}
 
 
-def test_both_example_workflows_exist():
-    assert [p.stem for p in API_WORKFLOWS] == ["infinitetalk_image_to_video", "infinitetalk_video_dubbing"]
-    assert [p.stem for p in UI_WORKFLOWS] == ["infinitetalk_image_to_video", "infinitetalk_video_dubbing"]
+EXAMPLES = ["infinitetalk_image_to_video", "infinitetalk_image_to_video_lightx2v", "infinitetalk_video_dubbing",
+            "infinitetalk_video_dubbing_lightx2v"]
+
+
+def test_every_example_workflow_exists():
+    assert [p.stem for p in API_WORKFLOWS] == EXAMPLES
+    assert [p.stem for p in UI_WORKFLOWS] == EXAMPLES
+
+
+@pytest.mark.parametrize("name", ["infinitetalk_image_to_video", "infinitetalk_video_dubbing"])
+def test_lightx2v_examples_differ_from_the_reference_ones_only_in_the_preset(name):
+    """The *_lightx2v examples are the reference graph plus the distill LoRA and its 4-step settings."""
+    base = json.loads((REPO / "example_workflows" / "api" / f"{name}.json").read_text())
+    fast = json.loads((REPO / "example_workflows" / "api" / f"{name}_lightx2v.json").read_text())
+    changed = {(k, i): v for k in base for i, v in fast[k]["inputs"].items() if base[k]["inputs"].get(i) != v}
+    loader = {k for k, v in base.items() if v["class_type"] == "InfiniteTalkModelLoader"}.pop()
+    sampler = {k for k, v in base.items() if v["class_type"] == "InfiniteTalkStreamingSampler"}.pop()
+    assert changed == {(loader, "lora_1"): "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors",
+                       (sampler, "steps"): 4, (sampler, "scheduler"): "distill",
+                       (sampler, "text_guidance"): 1.0, (sampler, "audio_guidance"): 2.0}
+    assert fast[sampler]["inputs"]["step_cache"] == "none" and fast[loader]["inputs"]["strength_1"] == 1.0
 
 
 def _output_type(graph, link, mappings):
