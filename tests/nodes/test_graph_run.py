@@ -218,3 +218,34 @@ def test_out_of_memory_names_the_knobs(pack_module):
     err = common.translate_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "sampling")
     text = str(err)
     assert text.startswith("E_OOM") and all(k in text for k in ("resolution", "chunk_frames", "fp8", "offload"))
+
+
+def test_step_cache_and_scheduler_inputs_reach_the_engine_and_the_fingerprint(graph, pack_module):
+    """step_cache/scheduler from the node: skipped calls in progress, a different job per setting, and a
+    clear refusal (before any job folder) for a cache on a 4-step distilled run."""
+    from importlib import import_module
+
+    n, host_mod = graph["nodes"], pack_module("nodes.host")
+    errors = import_module(graph["core"] + ".errors")
+    feats, *_ = n["InfiniteTalkAudioEncode"]().encode(graph["wav2vec"], speech(1.0), False)
+    refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
+    events = []
+
+    class RecordingHost(host_mod.TorchHost):
+        def send_progress(self, payload, node_id=None):
+            events.append(payload)
+
+    host_mod.set_host(RecordingHost())
+    cached = sampler_inputs(graph, refs, feats, steps=12, step_cache="easycache", cache_threshold=5.0)
+    n["InfiniteTalkStreamingSampler"]().sample(**cached)
+    done = [e for e in events if e.get("chunk_done")]
+    assert done and all(e["dit_calls"] == 36 and e["skipped_calls"] > 0 for e in done)
+    n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, feats, steps=12))
+    n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, feats, steps=4, scheduler="distill",
+                                                                text_guidance=1.0, audio_guidance=2.0))
+    jobs = graph["models"].parent / "output" / "InfiniteTalk_jobs"
+    assert len(list(jobs.iterdir())) == 3  # the cache and the scheduler are part of the job fingerprint
+    with pytest.raises(errors.InfiniteTalkError, match="E_INPUT_VALIDATION.*refused at 4 steps"):
+        n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, feats, steps=4, scheduler="distill",
+                                                                    step_cache="teacache"))
+    assert len(list(jobs.iterdir())) == 3
