@@ -232,38 +232,9 @@ def _generate_chunk(
     t1 = _sync(device)
     timings["vae"] += t1 - t0
 
-    step_cache = settings.step_cache.new_state(settings.steps)  # fresh per chunk
-    model_fn = make_model_fn(
-        run.model,
-        y.to(device),
-        None if clip is None else clip.to(device),
-        audio,
-        positive.to(device),
-        negative.to(device),
-        run.masks,
-        run.batching,
-        step_cache if isinstance(step_cache, TeaCache) else None,
-    )
-    if isinstance(step_cache, EasyCache):
-        model_fn = step_cache.wrap(model_fn)
-    model_fn, calls = _counting(model_fn)
-    h, w = y.shape[-2:]
     run.hooks.stage("sampling", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
     clock.start_sampling()
-    shape = (16, latent_frames_for(plan.chunk_frames), h, w)
-    noise = chunk_noise(shape, settings.seed, chunk.index, device)
-    extra = {}
-    if settings.scheduler == "distill":  # fresh noise per step, from (seed, chunk, step): resumable
-        extra["step_noise"] = lambda i: step_noise(shape, settings.seed, chunk.index, i, device)
-    latents = scheduler_sampler(settings.scheduler)(
-        model_fn,
-        noise,
-        run.timesteps,
-        context.to(device),
-        settings.guidance,
-        _step_callback(run.hooks, clock, chunk.index, plan.num_chunks),
-        **extra,
-    )
+    latents, calls, skipped = _sample_chunk(run, chunk, clock, (y, clip, audio, positive, negative), context)
     t2 = _sync(device)
     timings["dit"] = t2 - t1
     check_finite(latents, chunk, plan.num_chunks, "latents")
@@ -289,11 +260,33 @@ def _generate_chunk(
     log.debug(
         "chunk %d/%d: %s", chunk.index + 1, plan.num_chunks, {k: round(v, 3) for k, v in timings.items()}
     )
+    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls, skipped)
+
+
+def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor
+                  ) -> tuple[torch.Tensor, int, int]:
+    """Denoise one chunk with the run's scheduler and a fresh step cache -> (latents, pass calls, skipped)."""
+    settings, device, num_chunks = run.settings, run.device, run.plan.num_chunks
+    y, clip, audio, positive, negative = conditioning
+    step_cache = settings.step_cache.new_state(settings.steps)
+    model_fn = make_model_fn(run.model, y.to(device), None if clip is None else clip.to(device), audio,
+                             positive.to(device), negative.to(device), run.masks, run.batching,
+                             step_cache if isinstance(step_cache, TeaCache) else None)
+    if isinstance(step_cache, EasyCache):
+        model_fn = step_cache.wrap(model_fn)
+    model_fn, calls = _counting(model_fn)
+    shape = (16, latent_frames_for(run.plan.chunk_frames), *y.shape[-2:])
+    extra = {}
+    if settings.scheduler == "distill":  # fresh noise per step, from (seed, chunk, step): resumable
+        extra["step_noise"] = lambda i: step_noise(shape, settings.seed, chunk.index, i, device)
+    latents = scheduler_sampler(settings.scheduler)(
+        model_fn, chunk_noise(shape, settings.seed, chunk.index, device), run.timesteps, context.to(device),
+        settings.guidance, _step_callback(run.hooks, clock, chunk.index, num_chunks), **extra)
     skipped = 0 if step_cache is None else step_cache.skipped
     if step_cache is not None:
-        log.info("chunk %d/%d: step cache skipped %d of %d DiT pass calls", chunk.index + 1,
-                 plan.num_chunks, skipped, calls[0])
-    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls[0], skipped)
+        log.info("chunk %d/%d: step cache skipped %d of %d DiT pass calls", chunk.index + 1, num_chunks,
+                 skipped, calls[0])
+    return latents, calls[0], skipped
 
 
 def _counting(model_fn):
