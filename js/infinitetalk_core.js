@@ -14,7 +14,7 @@ export function formatEta(seconds) {
 }
 
 // Stages the server reports (payload field `stage`), in the order a run goes through them.
-export const STAGES = ["preparing", "encoding_references", "sampling", "decoding", "muxing", "done"];
+export const STAGES = ["preparing", "encoding_references", "refining_context", "sampling", "decoding", "muxing", "done"];
 
 function wholeNumber(value) {
   const n = Number(value);
@@ -73,6 +73,10 @@ export function progressLabel(p) {
   // A finished chunk (older payloads: chunk_done) counts the chunks done; otherwise chunk is 0-based.
   const shown = p.chunkDone ? p.chunk : Math.min(p.chunk + 1, p.chunks);
   const parts = [`Chunk ${shown}/${p.chunks}`];
+  if (p.stage === "refining_context") {
+    parts.push("refining context (experimental)", eta);
+    return parts.join(" · ");
+  }
   if (p.stage === "decoding") {
     parts.push("decoding");
     if (p.eta !== null) parts.push(eta);

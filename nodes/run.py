@@ -14,6 +14,7 @@ import torch
 from ..infinitetalk_core.stream import bucket_for, default_shift, plan_chunks, speaker_masks
 from ..infinitetalk_core.stream.generate import generate_chunks
 from ..infinitetalk_core.sampling.guidance import GuidanceConfig
+from ..infinitetalk_core.sampling.refine import RefineSettings
 from ..infinitetalk_core.sampling.schedulers import DISTILL_SHIFT
 from ..infinitetalk_core.sampling.step_cache import StepCacheSettings
 from ..infinitetalk_core.stream.hooks import StreamHooks
@@ -82,7 +83,9 @@ def _settings(inputs: dict, refs, family: str) -> StreamSettings:
         steps=inputs["steps"], shift=inputs["shift"] or auto_shift, guidance=guidance,
         seed=inputs["seed"], color_method=inputs["color_method"], color_strength=inputs["color_strength"],
         color_reference=inputs["color_reference"], reference_strategy=refs.strategy,
-        reference_overflow=refs.overflow, step_cache=cache, scheduler=scheduler)
+        reference_overflow=refs.overflow, step_cache=cache, scheduler=scheduler,
+        refine=RefineSettings(inputs.get("refine_every") or 0, inputs.get("refine_strength", 0.3),
+                              inputs.get("refine_steps", 4)))
     settings.validate()
     return settings
 
@@ -169,7 +172,7 @@ def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt) ->
         frames = ((c.frames[:, -1:].float() + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0)
         deferred.guard(progress.update, (c.chunk + 1) * steps, first_image_to_pil(frames))
         deferred.guard(send, "sampling", c.chunk + 1, c.num_chunks, 0, c.eta_seconds, chunk_done=True,
-                       dit_calls=c.pass_calls, skipped_calls=c.skipped_calls)
+                       dit_calls=c.pass_calls, skipped_calls=c.skipped_calls, refine_calls=c.refine_calls)
         deferred.raise_pending()
 
     def check_interrupt():
@@ -205,14 +208,14 @@ def _prepare(inputs: dict, host, node_id):
     return name, model, refs, feats, size, settings, plan, text, masks
 
 
-def _open_render_job(host, inputs, name, fingerprint, plan, size):
+def _open_render_job(host, inputs, name, fingerprint, plan, size, settings):
     root = host.output_dir() / JOBS_FOLDER
     with disk_errors("creating the jobs folder"):
         root.mkdir(parents=True, exist_ok=True)
     path = job_folder(root, name, fingerprint.digest)
     if not inputs["resume"]:
         remove_job_folder(path)  # the user asked to start over; only ever a job folder of ours
-    return open_job(path, None, fingerprint, plan, size)
+    return open_job(path, None, fingerprint, plan, size, settings.cost_metadata(plan.num_chunks))
 
 
 def run_stream(inputs: dict) -> tuple:
@@ -228,7 +231,7 @@ def run_stream(inputs: dict) -> tuple:
                                masks, None)
         host.send_progress({"stage": "encoding_references", "chunk": 0, "chunks": plan.num_chunks}, node_id)
         fingerprint = _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
-        job, _ = _open_render_job(host, inputs, name, fingerprint, plan, size)
+        job, _ = _open_render_job(host, inputs, name, fingerprint, plan, size, settings)
         try:
             if not job.is_complete:
                 _render(host, job, model, vae, plan, source, feats, text, settings, encoder, masks, node_id,

@@ -125,6 +125,15 @@ class InfiniteTalkStreamingSampler:
                 "cache_end_step": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip":
                                    "Steps from this one on are always computed; 0 = the method's default "
                                    "(TeaCache none, EasyCache the last 5%)."}),
+                "refine_every": ("INT", {"default": 0, "min": 0, "max": 10_000, "tooltip":
+                                 "EXPERIMENTAL drift repair: before every Nth chunk, re-noise the context "
+                                 "frames and denoise them again towards the reference (0 = off). Costs "
+                                 "refine_steps x passes DiT calls per refined chunk."}),
+                "refine_strength": ("FLOAT", {"default": 0.3, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
+                                    "Noise level the context is taken back to (higher repairs more, and "
+                                    "changes more)."}),
+                "refine_steps": ("INT", {"default": 4, "min": 1, "max": 50, "tooltip":
+                                 "Denoising steps of one refinement."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -25,6 +25,7 @@ _MASK64 = (1 << 64) - 1
 # XORed into the chunk seed before mixing in the step: without it, chunk 0 (whose seed is the seed
 # itself) would give step s the seed of chunk s + 1.
 _STEP_DOMAIN = 0x5354_4550_4E4F_4953
+_REFINE_DOMAIN = 0x5245_4649_4E45_4358  # context refinement draws: a stream of their own
 
 
 def _splitmix64(value: int) -> int:
@@ -79,5 +80,16 @@ def step_noise(shape: Sequence[int], seed: int, chunk_index: int, step: int,
     chunk_noise, then moved to ``device`` and cast to ``dtype``.
     """
     generator = torch.Generator(device="cpu").manual_seed(step_seed(seed, chunk_index, step))
+    noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu")
+    return noise.to(device=device or "cpu", dtype=dtype)
+
+
+def refine_noise(shape: Sequence[int], seed: int, chunk_index: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise for refining chunk ``chunk_index``'s context (depends only on (seed, chunk);
+    a draw of its own, different from the chunk's noise and from every step noise)."""
+    _check_int("chunk_index", chunk_index, 1 << 32)
+    mixed = _splitmix64(_splitmix64(chunk_seed(seed, chunk_index) ^ _REFINE_DOMAIN)) >> 1
+    generator = torch.Generator(device="cpu").manual_seed(mixed)
     noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu")
     return noise.to(device=device or "cpu", dtype=dtype)

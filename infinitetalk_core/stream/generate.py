@@ -24,12 +24,13 @@ import torch
 from ..audio import chunk_audio_windows
 from ..color import match_colors_signed
 from ..errors import NonFiniteError
-from .conditioning import ChunkConditioning, build_conditioning, encode_context
+from .conditioning import ChunkConditioning, build_conditioning, encode_clip, encode_context
 from .model_fn import PassBatching, make_model_fn
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE
 from .plan import ChunkPlan, StreamPlan, latent_frames_for
 from .references import reference_frame_for_chunk
+from .refine_context import refine_context_pixels
 from ..sampling.easycache import EasyCache
 from ..sampling.schedulers import scheduler_sampler, scheduler_timesteps
 from ..sampling.teacache import TeaCache
@@ -71,6 +72,7 @@ class ChunkResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour
     pass_calls: int = 0  # guidance-pass evaluations the sampler asked for (steps x passes)
     skipped_calls: int = 0  # of those, answered by the step cache without the transformer blocks
+    refine_calls: int = 0  # extra pass calls of the context refinement before this chunk (experimental)
 
     @property
     def index(self) -> int:
@@ -167,7 +169,7 @@ def _stream(run: _Run, state: StreamState) -> Iterator[ChunkResult]:
             if hooks.on_chunk is not None:
                 hooks.on_chunk(
                     ChunkProgress(chunk.index, plan.num_chunks, result.frames, clock.eta(chunk.index + 1, 0),
-                                  result.pass_calls, result.skipped_calls)
+                                  result.pass_calls, result.skipped_calls, result.refine_calls)
                 )
     finally:  # early stop, interrupt or error: drop device tensors now, not at garbage collection
         cache.clear()
@@ -218,6 +220,13 @@ def _generate_chunk(
     ref_index = _reference_index(plan, chunk, references, settings)
     reference = references.frame(ref_index).to(device=device, dtype=torch.float32)
     context_pixels = reference[:, None] if chunk.is_first else state.context_pixels.to(device)
+    refine_calls = 0
+    if settings.refine.applies_to(chunk.index):  # experimental: repair the context before it propagates
+        run.hooks.stage("refining_context", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
+        clip = cache[ref_index].clip_features if ref_index in cache else encode_clip(run.image_encoder, reference)
+        target = _colour_reference(plan, chunk, references, settings, reference, state) \
+            if settings.colour_enabled else None
+        context_pixels, refine_calls = refine_context_pixels(run, chunk, context_pixels, reference, clip, target)
     if ref_index in cache:
         cached = cache[ref_index]
         y, clip = cached.y, cached.clip_features
@@ -260,7 +269,7 @@ def _generate_chunk(
     log.debug(
         "chunk %d/%d: %s", chunk.index + 1, plan.num_chunks, {k: round(v, 3) for k, v in timings.items()}
     )
-    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls, skipped)
+    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls, skipped, refine_calls)
 
 
 def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor

@@ -47,6 +47,7 @@ class ChunkProgress:
     eta_seconds: float | None
     pass_calls: int = 0  # guidance-pass evaluations of the chunk (steps x passes)
     skipped_calls: int = 0  # of those, answered by the step cache
+    refine_calls: int = 0  # extra pass calls of the context refinement before the chunk
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class StageProgress:
     eta_seconds: float | None
 
 
-STAGES = ("preparing", "encoding_references", "sampling", "decoding", "muxing", "done")
+STAGES = ("preparing", "encoding_references", "refining_context", "sampling", "decoding", "muxing", "done")
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,8 @@ def render_to_job(
         ref_target_masks,
         model_identity,
     )
-    job, _ = open_job(job_path, job_root, fingerprint, plan, references.size)
+    job, _ = open_job(job_path, job_root, fingerprint, plan, references.size,
+                      settings.cost_metadata(plan.num_chunks))
     try:
         if job.is_complete:
             log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
@@ -195,10 +196,12 @@ def open_job(
     fingerprint: JobFingerprint,
     plan: StreamPlan,
     size: tuple[int, int],
+    metadata: dict | None = None,
 ) -> tuple[JobDirectory, StreamState | None]:
     """The job directory of this fingerprint and the state to resume from (None: start at chunk 0).
 
     ``job_path`` is refused if it holds other inputs; without it the job is ``job_root/<fingerprint>``.
+    ``metadata`` (e.g. ``StreamSettings.cost_metadata``) is stored in a new job's layout.
     """
     if job_path is None and job_root is None:
         raise GenerationError(
@@ -210,6 +213,7 @@ def open_job(
         "height": size[0],
         "width": size[1],
         "fps": FPS,
+        **(metadata or {}),
     }
     if job_path is not None:
         job = JobDirectory.open(job_path, fingerprint, layout)

@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass, field
 from ..color import COLOR_METHODS as _MATCH_METHODS
 from ..color import COLOR_REFERENCES as _MATCH_REFERENCES
 from ..errors import InputValidationError
-from ..sampling.guidance import GuidanceConfig
+from ..sampling.guidance import GuidanceConfig, guidance_passes
 from .references import OVERFLOW_MODES, REFERENCE_STRATEGIES
 from ..sampling.schedulers import check_scheduler, scheduler_timesteps
 from ..sampling.seeds import chunk_seed
+from ..sampling.refine import RefineSettings
 from ..sampling.step_cache import StepCacheSettings
 
 COLOR_METHODS = ("none", *_MATCH_METHODS)  # none, lab (reference), histogram, mkl
@@ -39,6 +40,7 @@ class StreamSettings:
     batch_passes: bool = True  # evaluate the guidance passes of a step in one batched DiT forward
     step_cache: StepCacheSettings = field(default_factory=StepCacheSettings)
     scheduler: str = "flow_euler"  # sampling.schedulers.SCHEDULERS
+    refine: RefineSettings = field(default_factory=RefineSettings)  # experimental context refinement
 
     def validate(self) -> None:
         """Raise InputValidationError naming the first bad setting (cheap; no model needed)."""
@@ -67,6 +69,12 @@ class StreamSettings:
                 "Build it with StepCacheSettings(method=...).",
             )
         self.step_cache.validate(self.steps, self.scheduler)
+        if not isinstance(self.refine, RefineSettings):
+            raise InputValidationError(
+                f"refine must be a RefineSettings, got {type(self.refine).__name__}.",
+                "Build it with RefineSettings(every=..., strength=..., steps=...).",
+            )
+        self.refine.validate()
         if not isinstance(self.batch_passes, bool):
             raise InputValidationError(
                 f"batch_passes must be True or False, got {self.batch_passes!r}.", "Pass a boolean."
@@ -76,6 +84,18 @@ class StreamSettings:
     def colour_enabled(self) -> bool:
         return self.color_method != "none" and self.color_strength > 0
 
+    def cost_metadata(self, num_chunks: int) -> dict:
+        """What the job costs in DiT pass calls, for the job manifest (refinement listed when on)."""
+        g = self.guidance
+        out = {"dit_calls_per_chunk": self.steps * len(guidance_passes(g.text_scale, g.audio_scale,
+                                                                           g.reference_passes))}
+        if self.refine.enabled:
+            refined = [k for k in range(num_chunks) if self.refine.applies_to(k)]
+            out["refinement"] = {"experimental": True, **asdict(self.refine), "refined_chunks": refined,
+                                 "extra_dit_calls_per_refined_chunk": self.refine.extra_calls(g),
+                                 "extra_dit_calls_total": len(refined) * self.refine.extra_calls(g)}
+        return out
+
     def to_json(self) -> dict:
         """Plain dict for job manifests (every field, guidance included). Options at their "off" value
         are left out, so job folders made before the option existed still match."""
@@ -84,6 +104,8 @@ class StreamSettings:
             del out["step_cache"]
         if self.scheduler == "flow_euler":
             del out["scheduler"]
+        if not self.refine.enabled:
+            del out["refine"]
         return out
 
 

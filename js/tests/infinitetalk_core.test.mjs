@@ -53,6 +53,8 @@ test("progressLabel shows the stage", () => {
     "Chunk 3/12 · decoding");
   assert.equal(label({ stage: "decoding", chunk: 11, chunks: 12, step: 40, steps: 40, eta: 65 }),
     "Chunk 12/12 · decoding · ETA 1:05");
+  assert.equal(label({ stage: "refining_context", chunk: 4, chunks: 12, fraction: 0.3, eta: 65 }),
+    "Chunk 5/12 · refining context (experimental) · ETA 1:05");
   assert.equal(label({ stage: "muxing", chunk: 11, chunks: 12, fraction: 0.99, node: 13 }), "Muxing…");
   assert.equal(label({ stage: "done", chunk: 11, chunks: 12, fraction: 1 }), "Done");
 });

@@ -249,3 +249,23 @@ def test_step_cache_and_scheduler_inputs_reach_the_engine_and_the_fingerprint(gr
         n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, feats, steps=4, scheduler="distill",
                                                                     step_cache="teacache"))
     assert len(list(jobs.iterdir())) == 3
+
+
+def test_refine_inputs_reach_progress_and_the_job_manifest(graph, pack_module):
+    n, host_mod = graph["nodes"], pack_module("nodes.host")
+    feats, *_ = n["InfiniteTalkAudioEncode"]().encode(graph["wav2vec"], speech(1.0), False)
+    refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
+    events = []
+
+    class RecordingHost(host_mod.TorchHost):
+        def send_progress(self, payload, node_id=None):
+            events.append(payload)
+
+    host_mod.set_host(RecordingHost())
+    handle, *_ = n["InfiniteTalkStreamingSampler"]().sample(
+        **sampler_inputs(graph, refs, feats, refine_every=1, refine_strength=0.5, refine_steps=2))
+    done = [e["refine_calls"] for e in events if e.get("chunk_done")]
+    assert done[0] == 0 and done[1:] and all(c == 2 * 3 for c in done[1:])
+    assert any(e["stage"] == "refining_context" for e in events)
+    layout = json.loads((Path(handle.path) / "manifest.json").read_text())["layout"]
+    assert layout["refinement"]["experimental"] and layout["refinement"]["refined_chunks"] == list(range(1, len(done)))
