@@ -223,10 +223,8 @@ def _generate_chunk(
     refine_calls = 0
     if settings.refine.applies_to(chunk.index):  # experimental: repair the context before it propagates
         run.hooks.stage("refining_context", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
-        clip = cache[ref_index].clip_features if ref_index in cache else encode_clip(run.image_encoder, reference)
-        target = _colour_reference(plan, chunk, references, settings, reference, state) \
-            if settings.colour_enabled else None
-        context_pixels, refine_calls = refine_context_pixels(run, chunk, context_pixels, reference, clip, target)
+        cached = cache.get(ref_index)
+        context_pixels, refine_calls = _refine(run, chunk, state, reference, context_pixels, cached)
     if ref_index in cache:
         cached = cache[ref_index]
         y, clip = cached.y, cached.clip_features
@@ -270,6 +268,15 @@ def _generate_chunk(
         "chunk %d/%d: %s", chunk.index + 1, plan.num_chunks, {k: round(v, 3) for k, v in timings.items()}
     )
     return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls, skipped, refine_calls)
+
+
+def _refine(run: _Run, chunk: ChunkPlan, state: StreamState, reference: torch.Tensor,
+            context_pixels: torch.Tensor, cached: ChunkConditioning | None) -> tuple[torch.Tensor, int]:
+    """The chunk's context after refinement (colour-corrected like any context) and its DiT pass calls."""
+    s = run.settings
+    clip = cached.clip_features if cached is not None else encode_clip(run.image_encoder, reference)
+    target = _colour_reference(run.plan, chunk, run.references, s, reference, state) if s.colour_enabled else None
+    return refine_context_pixels(run, chunk, context_pixels, reference, clip, target)
 
 
 def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor

@@ -220,6 +220,18 @@ def test_out_of_memory_names_the_knobs(pack_module):
     assert text.startswith("E_OOM") and all(k in text for k in ("resolution", "chunk_frames", "fp8", "offload"))
 
 
+def record_progress(host_mod) -> list:
+    """Install a plain-torch host that keeps every progress event; returns the list it fills."""
+    events = []
+
+    class RecordingHost(host_mod.TorchHost):
+        def send_progress(self, payload, node_id=None):
+            events.append(payload)
+
+    host_mod.set_host(RecordingHost())
+    return events
+
+
 def test_step_cache_and_scheduler_inputs_reach_the_engine_and_the_fingerprint(graph, pack_module):
     """step_cache/scheduler from the node: skipped calls in progress, a different job per setting, and a
     clear refusal (before any job folder) for a cache on a 4-step distilled run."""
@@ -229,13 +241,7 @@ def test_step_cache_and_scheduler_inputs_reach_the_engine_and_the_fingerprint(gr
     errors = import_module(graph["core"] + ".errors")
     feats, *_ = n["InfiniteTalkAudioEncode"]().encode(graph["wav2vec"], speech(1.0), False)
     refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
-    events = []
-
-    class RecordingHost(host_mod.TorchHost):
-        def send_progress(self, payload, node_id=None):
-            events.append(payload)
-
-    host_mod.set_host(RecordingHost())
+    events = record_progress(host_mod)
     cached = sampler_inputs(graph, refs, feats, steps=12, step_cache="easycache", cache_threshold=5.0)
     n["InfiniteTalkStreamingSampler"]().sample(**cached)
     done = [e for e in events if e.get("chunk_done")]
@@ -255,13 +261,7 @@ def test_refine_inputs_reach_progress_and_the_job_manifest(graph, pack_module):
     n, host_mod = graph["nodes"], pack_module("nodes.host")
     feats, *_ = n["InfiniteTalkAudioEncode"]().encode(graph["wav2vec"], speech(1.0), False)
     refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
-    events = []
-
-    class RecordingHost(host_mod.TorchHost):
-        def send_progress(self, payload, node_id=None):
-            events.append(payload)
-
-    host_mod.set_host(RecordingHost())
+    events = record_progress(host_mod)
     handle, *_ = n["InfiniteTalkStreamingSampler"]().sample(
         **sampler_inputs(graph, refs, feats, refine_every=1, refine_strength=0.5, refine_steps=2))
     done = [e["refine_calls"] for e in events if e.get("chunk_done")]
