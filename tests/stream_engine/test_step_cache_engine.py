@@ -72,3 +72,42 @@ def test_distill_scheduler_draws_new_noise_per_step(make_inputs, monkeypatch):
 def test_step_cache_on_distill_is_refused_before_any_work(make_inputs):
     with pytest.raises(step_cache_module.InputValidationError, match="refused"):
         make_inputs(13, steps=4, scheduler="distill", step_cache=StepCacheSettings("teacache")).settings.validate()
+
+
+def test_teacache_survives_the_out_of_memory_fallback(make_inputs, monkeypatch):
+    """A batched forward that runs out of memory is retried pass by pass; TeaCache must decide that step
+    once, not twice (its state is rolled back before the retry)."""
+    from infinitetalk_core.sampling.teacache import TeaCache
+
+    logs = []
+    real_init = TeaCache.__init__
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        logs.append(self)
+
+    monkeypatch.setattr(TeaCache, "__init__", keep)
+
+    class OOMOnce(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.failed = inner, False
+
+        def forward(self, x, *args, **kwargs):
+            if x.shape[0] > 1 and not self.failed:
+                self.failed = True
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner(x, *args, **kwargs)
+
+        def step_cache_indicator(self, *args, **kwargs):
+            return self.inner.step_cache_indicator(*args, **kwargs)
+
+    cache = StepCacheSettings("teacache", 5.0)
+    inputs = make_inputs(13, steps=12, step_cache=cache)
+    plan = inputs.plan()
+    flaky = OOMOnce(inputs.model)
+    result = next(generate_chunks(flaky, *inputs.args(plan)[1:], image_encoder=inputs.encoder))
+    assert flaky.failed and len(logs[0].log) == 12 * 3  # every pass decided once per step
+    expected = next(generate_chunks(*make_inputs(13, steps=12, step_cache=cache, batch_passes=False).args(plan),
+                                    image_encoder=inputs.encoder))
+    torch.testing.assert_close(result.frames, expected.frames, atol=1e-4, rtol=1e-4)
