@@ -141,6 +141,10 @@ class TorchHost:
     def send_progress(self, data: dict, node_id: str | None = None) -> None:
         log.debug("progress %s", data)
 
+    def attention_flag(self) -> str | None:
+        """The attention kernel the host was told to use (None: no preference)."""
+        return None
+
     def is_interrupt(self, exc: BaseException) -> bool:
         return isinstance(exc, KeyboardInterrupt)
 
@@ -243,6 +247,16 @@ class ComfyHost(TorchHost):
         server = getattr(importlib.import_module("server").PromptServer, "instance", None)
         if server is not None:
             server.send_sync(PROGRESS_EVENT, {**data, "node": node_id}, server.client_id)
+
+    def attention_flag(self) -> str | None:
+        """ComfyUI's --use-sage-attention / --use-flash-attention / --use-pytorch-cross-attention."""
+        mm = self.mm
+        if getattr(mm, "sage_attention_enabled", lambda: False)():
+            return "sage"
+        if getattr(mm, "flash_attention_enabled", lambda: False)():
+            return "flash"
+        args = getattr(importlib.import_module("comfy.cli_args"), "args", None)
+        return "sdpa" if getattr(args, "use_pytorch_cross_attention", False) else None
 
     def is_interrupt(self, exc: BaseException) -> bool:
         return isinstance(exc, self.mm.InterruptProcessingException)

@@ -92,8 +92,9 @@ class InfiniteTalkModelLoader:
                                "VRAM/RAM), dequantize = converted to weight_dtype at load."}),
                 "attention": (list(ATTENTION_BACKENDS), {
                     "default": "auto",
-                    "tooltip": "Attention kernel: auto = flash-attn on CUDA when installed, else PyTorch "
-                               "SDPA. sage is faster but approximate; xformers needs CUDA."}),
+                    "tooltip": "Attention kernel: auto = ComfyUI's --use-sage/flash-attention flag if "
+                               "given, else the fastest installed: flash-attn 3 on Hopper, SageAttention "
+                               "(slightly approximate), flash-attn 2, PyTorch SDPA."}),
             },
             "optional": {
                 "lora_1": (loras, {"default": NONE, "tooltip": "Optional LoRA (models/loras), e.g. the "
@@ -121,6 +122,7 @@ class InfiniteTalkModelLoader:
             operations=host.operations(WEIGHT_DTYPES[weight_dtype]), fp8_mode=fp8_weights,
         )
         model.attention_backend = attention
+        model.attention_preference = host.attention_flag()  # ComfyUI's attention flags, for "auto"
         managed = _apply_loras(host, host.manage(model, {"kind": "infinitetalk_dit"}), loras)
         files = (base,) if audio is None else (base, audio)
         return (InfiniteTalkModel(managed, model.config, attention, files, loras, report),)

@@ -8,8 +8,11 @@ use the flash-attn layout ``[B, L, H, D]``. Backends:
 - ``"sage"``: SageAttention (``sageattention``); CUDA, fp16/bf16 only. Quantises q/k to int8, so
   results differ slightly from exact attention (the reference enables it whenever it imports).
 - ``"xformers"``: ``xformers.ops.memory_efficient_attention``; CUDA only.
-- ``"auto"``: flash when importable and the tensors are fp16/bf16 on CUDA, else sdpa. Sage and
-  xformers are never picked automatically: one is approximate, the other no faster than sdpa.
+- ``"auto"``: for fp16/bf16 tensors on CUDA, the fastest kernel installed: flash-attn 3 on Hopper
+  (compute capability 9.x), else SageAttention (8-bit q·kᵀ, about 2x FA2; slightly approximate), else
+  flash-attn 2, else sdpa. Anything else (CPU, fp32): sdpa. xformers is never picked automatically
+  (no faster than sdpa). A host may name a preferred backend (ComfyUI's ``--use-sage-attention`` /
+  ``--use-flash-attention`` / ``--use-pytorch-cross-attention``): see ``auto_backend``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def _import(name: str) -> ModuleType | None:
 
 
 def _flash_module() -> ModuleType | None:
-    return _import("flash_attn_interface") or _import("flash_attn")
+    return _import("flash_attn_interface") or _import("flash_attn")  # FA3 when installed, else FA2
 
 
 def _kernel_module(backend: str) -> ModuleType | None:
@@ -61,15 +64,39 @@ def available_backends(device: torch.device | str = "cuda") -> list[str]:
     return names
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """Turn a requested backend name into the concrete one for tensors on ``device`` in ``dtype``."""
+def _is_hopper(device: torch.device) -> bool:
+    try:
+        return torch.cuda.get_device_capability(device)[0] == 9
+    except Exception:  # no CUDA runtime (tests on CPU): not Hopper
+        return False
+
+
+def auto_backend(device: torch.device, dtype: torch.dtype, preferred: str | None = None) -> str:
+    """The ``auto`` choice for tensors on ``device`` in ``dtype`` (see the module docstring).
+
+    ``preferred`` (a host's attention flag) wins when it is usable there; otherwise the order is
+    FA3 on Hopper, Sage, FA2, sdpa.
+    """
+    if device.type != "cuda" or dtype not in _HALF:
+        return "sdpa"
+    if preferred == "sdpa" or preferred in ("flash", "sage") and _kernel_module(preferred) is not None:
+        return preferred
+    if _import("flash_attn_interface") is not None and _is_hopper(device):
+        return "flash"
+    if _import("sageattention") is not None:
+        return "sage"
+    return "flash" if _import("flash_attn") is not None else "sdpa"
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, preferred: str | None = None) -> str:
+    """Turn a requested backend name into the concrete one for tensors on ``device`` in ``dtype``
+    (``preferred``: the host's attention flag, used by ``auto`` only)."""
     if name not in BACKENDS:
         raise InputValidationError(
             f"Unknown attention backend '{name}'.", f"Use one of {', '.join(BACKENDS)}."
         )
     if name == "auto":
-        usable = device.type == "cuda" and dtype in _HALF and _flash_module() is not None
-        return "flash" if usable else "sdpa"
+        return auto_backend(device, dtype, preferred)
     if name == "sdpa":
         return name
     if device.type != "cuda":

@@ -96,6 +96,7 @@ class InfiniteTalkDiT(nn.Module):
             )
         ops, kw, dim = operations, dict(device=device, dtype=dtype), config.dim
         self.config, self.attention_backend = config, attention_backend
+        self.attention_preference: str | None = None  # a host's attention flag, honoured by "auto"
         self.patch_embedding = ops.Conv3d(
             config.in_dim, dim, kernel_size=config.patch_size, stride=config.patch_size, **kw
         )
@@ -225,7 +226,8 @@ class InfiniteTalkDiT(nn.Module):
         """
         cfg, batch, device = self.config, x.shape[0], x.device
         dtype = self._compute_dtype(x, compute_dtype)
-        backend = resolve_backend(attention_backend or self.attention_backend, device, dtype)
+        backend = resolve_backend(attention_backend or self.attention_backend, device, dtype,
+                                  self.attention_preference)
         if y is not None:
             if y.ndim != 5 or y.shape[2:] != x.shape[2:]:
                 raise InputValidationError(
