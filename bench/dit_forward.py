@@ -6,6 +6,7 @@ Usage (from the repository root):
     python3 bench/dit_forward.py --preset 14b             # 14B + audio, 480×832, 81 frames, bf16, CUDA
     python3 bench/dit_forward.py --preset 14b --attention flash --speakers 2 --batch 3
     python3 bench/dit_forward.py --preset tiny --height 256 --width 256 --frames 33 --repeats 5
+    python3 bench/dit_forward.py --count-bytes            # non-matmul bytes per token·dim per block (meta)
 
 The 14b preset builds the full config with random weights directly on the GPU (no 14B allocation on the
 CPU) and also times a plain bf16 matmul in the same run, printing the forward's share of that ceiling.
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/byte_counter.py
 from infinitetalk_core.model.attention import BACKENDS, resolve_backend  # noqa: E402
 from infinitetalk_core.model.config import AudioConfig, DiTConfig  # noqa: E402
 from infinitetalk_core.model.dit import InfiniteTalkDiT  # noqa: E402
@@ -140,11 +142,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--count-bytes", action="store_true",
+                   help="count the non-matmul bytes of one 14B block at 480x832x81 in bf16 (bench/byte_counter.py); "
+                        "with COMFYUI_DIR also ComfyUI's native WanModel")
     return p.parse_args(argv)
+
+
+def print_byte_counts() -> None:
+    """Markdown table: non-matmul bytes per token·dim per block, ours vs native, with the op breakdown."""
+    import byte_counter
+
+    cfg, height, width, frames = DiTConfig(), 480, 832, 81
+    mine = byte_counter.ours(cfg, random_inputs, height, width, frames)
+    theirs = byte_counter.native(cfg, height, width, frames)
+    print("| model (bf16, 14B width, 480×832×81, eager) | bytes per token·dim per block | largest ops |")
+    print("|---|---|---|")
+    for name, result in (("ours (InfiniteTalkDiT, audio included)", mine), ("ComfyUI native WanModel", theirs)):
+        if isinstance(result, str):
+            print(f"| {name} | – | {result} |")
+            continue
+        total, ops = result
+        top = ", ".join(f"{k} {v:.1f}" for k, v in list(ops.items())[:5])
+        print(f"| {name} | {total:.1f} | {top} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
+    if a.count_bytes:
+        return print_byte_counts()
     cfg, height, width, frames, dtype_name, device_name = PRESETS[a.preset]
     height, width, frames = a.height or height, a.width or width, a.frames or frames
     device, dtype = torch.device(a.device or device_name), getattr(torch, a.dtype or dtype_name)

@@ -2,8 +2,11 @@
 
 Architecture of Wan-Video/Wan2.1 ``wan/modules/model.py`` and MeiGen-AI/InfiniteTalk
 ``wan/modules/multitalk_model.py`` (Apache-2.0), re-written from the spec; state-dict names are the
-reference's. Precision islands (as the reference): LayerNorm statistics, modulation and gated residual
-adds in float32; everything else in the activation dtype.
+reference's. Elementwise work is one pass per op over the residual stream in the activation dtype:
+LayerNorm and RMSNorm keep float32 statistics inside their kernels; the modulation (shift + x·(1+scale))
+and the gated residual add (x + y·gate) are single fused multiply-adds. In float32 this is the reference's
+arithmetic; in bf16 the reference rounds once more (it modulates in float32), a difference bounded by the
+bf16 parity test.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from . import audio_modules
 from .attention import attention
 from .audio_modules import AudioCrossAttention
 from .config import DiTConfig
-from .rope import apply_rope
+from .rope import rotate_pairs
 
 CLIP_TOKENS = 257  # CLS + 16×16 patches of ViT-H/14 at 224 px: the first 257 context tokens are image tokens
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dim; statistics in float32, the weight is cast to the input at use."""
+    """RMSNorm over the last dim (one fused op; float32 statistics inside), weight cast to the input."""
 
     def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
@@ -30,13 +33,19 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight.to(device=x.device, dtype=x.dtype)
+        return F.rms_norm(x, x.shape[-1:], self.weight.to(device=x.device, dtype=x.dtype), self.eps)
 
 
-def layer_norm_fp32(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Affine-free LayerNorm (norm1/norm2/head.norm) in float32. [..., C] -> float32 [..., C]."""
-    return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """Affine-free LayerNorm of x [B, L, C], then shift + normed·(1 + scale): two passes, x's dtype.
+    shift/scale: [B, 1, C] float32 (cast to x's dtype here; they are small)."""
+    normed = F.layer_norm(x, x.shape[-1:], eps=eps)
+    return torch.addcmul(shift.to(x.dtype), normed, (1 + scale).to(x.dtype))
+
+
+def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y·gate in one pass, x's dtype (gate [B, 1, C] float32)."""
+    return torch.addcmul(x, y.to(x.dtype), gate.to(x.dtype))
 
 
 def cast_param(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -57,7 +66,7 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         backend: str,
         routing: dict | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -66,8 +75,8 @@ class SelfAttention(nn.Module):
         ``routing`` = {"masks": {sample: token masks [3, S]}, "frame_tokens": S} or None.
         """
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731
-        q = apply_rope(heads(self.norm_q(self.q(x))), *rope)
-        k = apply_rope(heads(self.norm_k(self.k(x))), *rope)
+        q = rotate_pairs(heads(self.norm_q(self.q(x))), *rope)
+        k = rotate_pairs(heads(self.norm_k(self.k(x))), *rope)
         out = self.o(attention(q, k, heads(self.v(x)), backend).flatten(2))
         maps = {}
         for i, masks in (routing or {}).get("masks", {}).items():  # only two-speaker samples
@@ -131,17 +140,13 @@ class DiTBlock(nn.Module):
 
         ``audio`` = {"tokens": per-sample [T, P·tokens, C], "grid": (T, h, w), "routing": ... | None}.
         """
-        dtype = x.dtype
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (cast_param(self.modulation, e0) + e0).chunk(
             6, 1
         )
         y, maps = self.self_attn(
-            (layer_norm_fp32(x, self.eps) * (1 + scale_a) + shift_a).to(dtype),
-            rope,
-            backend,
-            audio and audio["routing"],
+            modulate(x, shift_a, scale_a, self.eps), rope, backend, audio and audio["routing"]
         )
-        x = (x + y * gate_a).to(dtype)
+        x = gated_add(x, y, gate_a)
         x = x + self.cross_attn(self.norm3(x), context, backend)
         if audio is not None:
             q_positions = {i: audio_modules.routing_positions(m) for i, m in maps.items()}
@@ -154,8 +159,7 @@ class DiTBlock(nn.Module):
                 if maps:
                     debug["x_ref_attn_map"] = torch.stack(list(maps.values()))
                     debug["audio_q_pos"] = torch.stack(list(q_positions.values()))
-        y = self.ffn((layer_norm_fp32(x, self.eps) * (1 + scale_f) + shift_f).to(dtype))
-        return (x + y * gate_f).to(dtype)
+        return gated_add(x, self.ffn(modulate(x, shift_f, scale_f, self.eps)), gate_f)
 
 
 class Head(nn.Module):
@@ -172,4 +176,4 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x [B, L, dim], e [B, dim] float32 -> [B, L, patch·out_dim] in x's dtype."""
         shift, scale = (cast_param(self.modulation, e) + e[:, None]).chunk(2, 1)
-        return self.head((layer_norm_fp32(x, self.eps) * (1 + scale) + shift).to(x.dtype))
+        return self.head(modulate(x, shift, scale, self.eps))

@@ -40,7 +40,7 @@ from .attention import resolve_backend
 from .audio_modules import AudioProjModel
 from .blocks import CLIP_TOKENS, DiTBlock, Head
 from .config import DiTConfig
-from .rope import cos_sin, rope_3d_angles
+from .rope import rope_tables
 
 log = logging.getLogger(__name__)
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -254,7 +254,7 @@ class InfiniteTalkDiT(nn.Module):
         image = self.img_emb(_broadcast(clip_fea, batch, "clip_fea").to(device=device, dtype=dtype))
         ctx = torch.cat([image, text], dim=1).to(dtype)
         audio_kw, audio_tokens = self._audio_inputs(audio, ref_target_masks, batch, grid, dtype, device)
-        rope = tuple(v[None, :, None] for v in cos_sin(rope_3d_angles(grid, cfg.rope_split, device)))
+        rope = self.rope_tables(grid, device, dtype)
         if debug is not None:
             debug.update(
                 {"e": e, "e0": e0, "text_context": text, "img_context": image, "patch_tokens": tokens}
@@ -270,6 +270,16 @@ class InfiniteTalkDiT(nn.Module):
         if block_cache is not None:
             block_cache.residual = tokens - block_input
         return self.unpatchify(self.head(tokens, e), grid).float()
+
+    def rope_tables(self, grid: tuple[int, int, int], device, dtype: torch.dtype) -> tuple:
+        """The 3-D RoPE tables of ``grid`` on ``device`` in ``dtype``, built once and kept (every step of
+        every chunk has the same grid), so no forward recomputes angles on the CPU or copies them."""
+        cache = self.__dict__.setdefault("_rope_cache", {})
+        key = (grid, str(device), dtype)
+        if key not in cache:
+            cache.clear()  # one size at a time: a new resolution replaces the old tables
+            cache[key] = rope_tables(grid, self.config.rope_split, device, dtype)
+        return cache[key]
 
     def step_cache_indicator(self, t: torch.Tensor, x: torch.Tensor, use_e0: bool = True) -> torch.Tensor:
         """TeaCache's indicator for timestep t: e0 [1, 6, dim] (time projection) or e [1, dim], float32."""
