@@ -1,4 +1,4 @@
-"""fp8 "scaled" weights: dequantise on load, or keep fp8 storage and dequantise per matmul.
+"""fp8 "scaled" weights: dequantise on load, or keep fp8 storage and dequantise or fp8-multiply per call.
 
 A scaled fp8 file stores ``W ≈ weight_fp8 · scale`` per Linear (one fp32 scale per tensor, sometimes one
 per output row). Two ways to use it, chosen by the loader's ``fp8_mode``:
@@ -6,7 +6,36 @@ per output row). Two ways to use it, chosen by the loader's ``fp8_mode``:
 - ``"dequantize"`` (default): ``W`` is rebuilt once at load time in the target dtype. Same speed and
   memory as a bf16 file; simplest and exactly the numbers the file encodes.
 - ``"keep"``: the fp8 bytes stay as the parameter (half the memory of bf16) and ``ScaledFp8Linear``
-  rebuilds ``W`` for each call. Both modes use ``dequantize_fp8`` so they give identical outputs.
+  computes each call in one of two ways (its ``fp8_compute``):
+
+  - ``"dequantize"`` (the default): ``W`` is rebuilt with ``dequantize_fp8`` for the call, then
+    ``F.linear``. Identical outputs to ``fp8_mode="dequantize"``.
+  - ``"fp8"``: a real fp8 GEMM, ``torch._scaled_mm``. The activation is quantised to float8_e4m3fn
+    with a scale (``fp8_activation_scale``: ``"tensor"`` = one amax/448 scale for the whole input,
+    the default; ``"token"`` = one per row, robust to outlier tokens), multiplied with the stored fp8
+    weight (``weight.t()``: the [out, in] row-major bytes viewed as the column-major [in, out] operand,
+    no copy) and its scale, accumulated in fp32 and written in the activation dtype with the bias
+    fused. No dequantised weight is ever built. The cost is the activation's rounding to 3 mantissa
+    bits: ~2.5-3 % relative (Frobenius) output error against the dequantize path on Gaussian
+    activations (``bench/fp8_error.py``), the same trade ComfyUI makes with ``--fast fp8_matrix_mult``.
+  - ``"auto"``: ``"fp8"`` where it is known to pay off and work: CUDA (not ROCm) with compute
+    capability >= 8.9 and bf16/fp16 activations; everywhere else ``"dequantize"``. CPU ``_scaled_mm``
+    works in torch 2.13 (the tests use it through ``"fp8"``) but its speed depends on the CPU.
+
+  A call takes the fp8 path only when all of these hold, else it silently uses the dequantize path:
+  weight float8_e4m3fn (e5m2 falls back), 2-D and contiguous; scale per tensor (0-d or [1]) or absent
+  (a per-row scale falls back); in and out features divisible by 16 (``_scaled_mm``'s rule); no host
+  ``weight_function`` patches (ComfyUI low-VRAM LoRA: they need the stored values); a non-empty input;
+  bf16/fp16 activations, or fp32 with ``"fp8"`` (then fp32 output, bias added after the GEMM; ``"auto"``
+  keeps fp32 on the dequantize path because whoever runs in fp32 asked for precision). Under ``"auto"``
+  a ``_scaled_mm`` error (an unsupported device / dtype / scaling combination, e.g. per-token scales
+  with fp16 output on CUDA) is remembered for that combination and the call falls back; under ``"fp8"``
+  it is raised.
+
+How a host chooses: ``fp8_operations(ops, compute="auto", activation_scale="token")`` before building
+the model, or on a built / loaded model ``set_fp8_compute(model, "fp8", activation_scale="tensor")``
+(sets both attributes on every ScaledFp8Linear). The module defaults are ``DEFAULT_COMPUTE`` and
+``DEFAULT_ACTIVATION_SCALE``; the loader (``fp8_operations(operations)``) uses them.
 
 Dequantisation multiplies in float32 and rounds once to the target dtype (fp8 -> fp32 is exact).
 """
@@ -19,6 +48,15 @@ import torch.nn.functional as F
 FP8_TORCH_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 QUANT_FORMATS = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 FP8_MODES = ("dequantize", "keep")
+COMPUTE_MODES = ("auto", "fp8", "dequantize")
+ACTIVATION_SCALES = ("tensor", "token")
+DEFAULT_COMPUTE = "dequantize"  # keep-mode outputs stay those of fp8_mode="dequantize" unless a host opts in
+DEFAULT_ACTIVATION_SCALE = "tensor"
+
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+_SCALED_MM_MULTIPLE = 16  # _scaled_mm: in and out features divisible by 16
+_FP8_OUT_DTYPES = (torch.bfloat16, torch.float16)
+_failed_combos: set[tuple] = set()  # (device, out dtype, activation scale) where "auto" saw _scaled_mm fail
 
 
 def is_fp8(t: torch.Tensor) -> bool:
@@ -41,9 +79,107 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torc
     return w.to(dtype)
 
 
-def _scaled_linear_class(base: type) -> type:
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _auto_device_ok(device: torch.device) -> bool:
+    """Whether "auto" uses _scaled_mm on ``device``: CUDA (not ROCm) with compute capability >= 8.9."""
+    if device.type != "cuda" or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def quantize_activation(x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D ``x`` -> (float8_e4m3fn values, float32 scale: 0-d, or [rows, 1] if ``per_token``).
+
+    scale = amax / 448 (floored so an all-zero row cannot divide by zero). The division runs in ``x``'s
+    dtype (no float32 copy of a bf16 activation); the scale is first rounded to that dtype so the value
+    handed to _scaled_mm is exactly the one divided by.
+    """
+    if per_token:
+        lo, hi = torch.aminmax(x, dim=-1, keepdim=True)
+    else:
+        lo, hi = torch.aminmax(x)
+    amax = torch.maximum(hi, lo.neg()).to(torch.float32)
+    scale = (amax / E4M3_MAX).clamp_(min=max(torch.finfo(x.dtype).tiny, 1e-12)).to(x.dtype)
+    q = (x / scale).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scale.to(torch.float32)
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    activation_scale: str = DEFAULT_ACTIVATION_SCALE,
+) -> torch.Tensor:
+    """``x @ (weight · scale)^T + bias`` with ``torch._scaled_mm``; the caller checked ``fp8_eligible``.
+
+    ``x`` [..., in] (bf16 / fp16 / fp32), ``weight`` [out, in] float8_e4m3fn row-major on ``x``'s
+    device, ``scale`` a per-tensor float32 weight scale or None (= 1). Returns [..., out] in ``x.dtype``.
+    """
+    out_features = weight.shape[0]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    per_token = activation_scale == "token"
+    xq, scale_a = quantize_activation(x2, per_token)
+    if scale is None:
+        scale_b = torch.ones((), device=x.device, dtype=torch.float32)
+    else:
+        scale_b = scale.to(device=x.device, dtype=torch.float32).reshape(())
+    if per_token:  # row-wise scaling wants scale_b [1, out] next to scale_a [rows, 1]
+        scale_b = scale_b.expand(1, out_features).contiguous()
+    fused_bias = bias is not None and x.dtype in _FP8_OUT_DTYPES
+    y = torch._scaled_mm(
+        xq,
+        weight.t(),  # [in, out] column-major view of the [out, in] row-major bytes: no copy
+        scale_a=scale_a,
+        scale_b=scale_b,
+        bias=bias.to(x.dtype) if fused_bias else None,
+        out_dtype=x.dtype,
+    )
+    if bias is not None and not fused_bias:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*lead, out_features)
+
+
+def fp8_eligible(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, compute: str, activation_scale: str
+) -> bool:
+    """Whether a ScaledFp8Linear call takes the _scaled_mm path (see the module docstring)."""
+    if compute == "dequantize" or weight.dtype != torch.float8_e4m3fn or weight.dim() != 2:
+        return False
+    if scale is not None and scale.numel() != 1:
+        return False  # per-row weight scales: dequantize path
+    out_features, in_features = weight.shape
+    if in_features % _SCALED_MM_MULTIPLE or out_features % _SCALED_MM_MULTIPLE or x.shape[-1] != in_features:
+        return False
+    if x.numel() == 0 or not weight.is_contiguous():
+        return False
+    if compute == "fp8":
+        return x.dtype in (*_FP8_OUT_DTYPES, torch.float32)
+    return (
+        x.dtype in _FP8_OUT_DTYPES
+        and _auto_device_ok(x.device)
+        and (str(x.device), x.dtype, activation_scale) not in _failed_combos
+    )
+
+
+def _scaled_linear_class(base: type, compute: str, activation_scale: str) -> type:
     class ScaledFp8Linear(base):
-        """``base`` Linear whose weight may be fp8 with a ``scale_weight`` buffer (not in the state dict)."""
+        """``base`` Linear whose weight may be fp8 with a ``scale_weight`` buffer (not in the state dict).
+
+        ``fp8_compute`` / ``fp8_activation_scale`` (class defaults from ``Fp8Operations``; set them on an
+        instance, or with ``set_fp8_compute``, to change one layer or a built model).
+        """
+
+        fp8_compute = compute
+        fp8_activation_scale = activation_scale
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -55,14 +191,22 @@ def _scaled_linear_class(base: type) -> type:
             # the weight may live on the offload device; bring the fp8 bytes (half of bf16) over first
             weight = self.weight.to(x.device, non_blocking=True)
             weight_fns, bias_fns = getattr(self, "weight_function", ()), getattr(self, "bias_function", ())
+            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
+            for fn in bias_fns if bias is not None else ():
+                bias = fn(bias)
+            compute, act_scale = self.fp8_compute, self.fp8_activation_scale
+            if not weight_fns and fp8_eligible(x, weight, self.scale_weight, compute, act_scale):
+                try:
+                    return fp8_linear(x, weight, self.scale_weight, bias, act_scale)
+                except RuntimeError:
+                    if compute == "fp8":
+                        raise
+                    _failed_combos.add((str(x.device), x.dtype, act_scale))  # "auto": never try again
             if weight_fns:  # a host's per-use weight patches (ComfyUI low-VRAM LoRA), on the stored values
                 weight = weight.to(torch.float32)
                 for fn in weight_fns:
                     weight = fn(weight)
             weight = dequantize_fp8(weight, self.scale_weight, x.dtype)
-            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-            for fn in bias_fns if bias is not None else ():
-                bias = fn(bias)
             return F.linear(x, weight, bias)
 
     ScaledFp8Linear.__name__ = f"ScaledFp8{base.__name__}"
@@ -70,19 +214,62 @@ def _scaled_linear_class(base: type) -> type:
 
 
 class Fp8Operations:
-    """``operations`` with ``Linear`` replaced by a ScaledFp8Linear subclass; other names pass through."""
+    """``operations`` with ``Linear`` replaced by a ScaledFp8Linear subclass; other names pass through.
 
-    def __init__(self, operations):
+    ``compute``: "auto" | "fp8" | "dequantize"; ``activation_scale``: "tensor" | "token" (module docstring).
+    None = the module defaults.
+    """
+
+    def __init__(self, operations, compute: str | None = None, activation_scale: str | None = None):
         self.base = operations
-        self.Linear = _scaled_linear_class(operations.Linear)
+        self.compute = _check_choice("compute", compute or DEFAULT_COMPUTE, COMPUTE_MODES)
+        self.activation_scale = _check_choice(
+            "activation_scale", activation_scale or DEFAULT_ACTIVATION_SCALE, ACTIVATION_SCALES
+        )
+        self.Linear = _scaled_linear_class(operations.Linear, self.compute, self.activation_scale)
 
     def __getattr__(self, name: str):
         return getattr(self.base, name)
 
 
-def fp8_operations(operations=torch.nn) -> Fp8Operations:
-    """An ``operations`` namespace (default torch.nn) whose ``Linear`` can hold scaled fp8 weights."""
-    return operations if isinstance(operations, Fp8Operations) else Fp8Operations(operations)
+def fp8_operations(
+    operations=torch.nn, compute: str | None = None, activation_scale: str | None = None
+) -> Fp8Operations:
+    """An ``operations`` namespace (default torch.nn) whose ``Linear`` can hold scaled fp8 weights.
+
+    An ``Fp8Operations`` is returned as is unless ``compute`` / ``activation_scale`` ask for other
+    settings (then its base is wrapped again with them).
+    """
+    if isinstance(operations, Fp8Operations):
+        if (compute or operations.compute) == operations.compute and (
+            activation_scale or operations.activation_scale
+        ) == operations.activation_scale:
+            return operations
+        operations = operations.base
+    return Fp8Operations(operations, compute, activation_scale)
+
+
+def set_fp8_compute(
+    model: torch.nn.Module, compute: str | None = None, activation_scale: str | None = None
+) -> int:
+    """Set ``fp8_compute`` / ``fp8_activation_scale`` (None = leave) on every ScaledFp8Linear of ``model``.
+
+    Returns how many layers hold an fp8 weight (those the setting affects).
+    """
+    if compute is not None:
+        _check_choice("compute", compute, COMPUTE_MODES)
+    if activation_scale is not None:
+        _check_choice("activation_scale", activation_scale, ACTIVATION_SCALES)
+    n = 0
+    for m in model.modules():
+        if not hasattr(m, "fp8_compute"):
+            continue
+        if compute is not None:
+            m.fp8_compute = compute
+        if activation_scale is not None:
+            m.fp8_activation_scale = activation_scale
+        n += is_fp8(m.weight)
+    return n
 
 
 def assign_fp8_weight(module: torch.nn.Module, weight: torch.Tensor, scale: torch.Tensor | None) -> None:
