@@ -145,6 +145,10 @@ class TorchHost:
         """The attention kernel the host was told to use (None: no preference)."""
         return None
 
+    def fp8_matmul_flag(self) -> bool:
+        """True when fp8-kept weights should multiply in fp8 (``torch._scaled_mm``) where the GPU can."""
+        return False
+
     def is_interrupt(self, exc: BaseException) -> bool:
         return isinstance(exc, KeyboardInterrupt)
 
@@ -247,6 +251,12 @@ class ComfyHost(TorchHost):
         server = getattr(importlib.import_module("server").PromptServer, "instance", None)
         if server is not None:
             server.send_sync(PROGRESS_EVENT, {**data, "node": node_id}, server.client_id)
+
+    def fp8_matmul_flag(self) -> bool:
+        """ComfyUI's ``--fast fp8_matrix_mult`` (or a bare ``--fast``)."""
+        cli = importlib.import_module("comfy.cli_args")
+        fast = getattr(cli.args, "fast", None) or ()
+        return "fp8_matrix_mult" in {getattr(feature, "value", feature) for feature in fast}
 
     def attention_flag(self) -> str | None:
         """ComfyUI's --use-sage-attention / --use-flash-attention / --use-pytorch-cross-attention."""

@@ -89,7 +89,8 @@ class InfiniteTalkModelLoader:
                 "fp8_weights": (list(FP8_MODES), {
                     "default": "keep",
                     "tooltip": "For fp8 (scaled) files: keep = weights stay fp8 in memory (half the "
-                               "VRAM/RAM), dequantize = converted to weight_dtype at load."}),
+                               "VRAM/RAM; with ComfyUI's --fast fp8_matrix_mult they also multiply in fp8 "
+                               "on GPUs that can), dequantize = converted to weight_dtype at load."}),
                 "attention": (list(ATTENTION_BACKENDS), {
                     "default": "auto",
                     "tooltip": "Attention kernel: auto = ComfyUI's --use-sage/flash-attention flag if "
@@ -110,6 +111,7 @@ class InfiniteTalkModelLoader:
     @coded_errors("loading the InfiniteTalk model")
     def load(self, base_model, infinitetalk_model, weight_dtype, fp8_weights, attention,
              lora_1=NONE, strength_1=1.0, lora_2=NONE, strength_2=1.0):
+        from ..infinitetalk_core.model.fp8 import set_fp8_compute
         from ..infinitetalk_core.model.loading import load_infinitetalk_model
 
         host = get_host()
@@ -123,6 +125,8 @@ class InfiniteTalkModelLoader:
         )
         model.attention_backend = attention
         model.attention_preference = host.attention_flag()  # ComfyUI's attention flags, for "auto"
+        if fp8_weights == "keep" and host.fp8_matmul_flag():  # W8A8 on GPUs that can (sm 8.9+)
+            set_fp8_compute(model, "auto")
         managed = _apply_loras(host, host.manage(model, {"kind": "infinitetalk_dit"}), loras)
         files = (base,) if audio is None else (base, audio)
         return (InfiniteTalkModel(managed, model.config, attention, files, loras, report),)

@@ -69,3 +69,27 @@ def test_comfy_host_reads_comfyui_flags(monkeypatch):
     mm.sage_attention_enabled = lambda: True
     assert host.attention_flag() == "sage"
     assert host_module.TorchHost().attention_flag() is None
+
+
+def test_comfy_host_reads_the_fp8_matmul_flag(monkeypatch):
+    import enum
+    import sys
+
+    from tests.pack_loader import PACK_MODULE, load_pack
+
+    load_pack()
+    host_module = sys.modules[f"{PACK_MODULE}.nodes.host"]
+
+    class PerformanceFeature(enum.Enum):
+        Fp16Accumulation = "fp16_accumulation"
+        Fp8MatrixMultiplication = "fp8_matrix_mult"
+
+    args = types.SimpleNamespace(fast=None)
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", types.SimpleNamespace(args=args))
+    host = host_module.ComfyHost(types.SimpleNamespace(), None)
+    assert not host.fp8_matmul_flag()
+    args.fast = {PerformanceFeature.Fp16Accumulation}
+    assert not host.fp8_matmul_flag()
+    args.fast = set(PerformanceFeature)  # a bare --fast enables everything
+    assert host.fp8_matmul_flag()
+    assert not host_module.TorchHost().fp8_matmul_flag()

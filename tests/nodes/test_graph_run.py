@@ -269,3 +269,31 @@ def test_refine_inputs_reach_progress_and_the_job_manifest(graph, pack_module):
     assert any(e["stage"] == "refining_context" for e in events)
     layout = json.loads((Path(handle.path) / "manifest.json").read_text())["layout"]
     assert layout["refinement"]["experimental"] and layout["refinement"]["refined_chunks"] == list(range(1, len(done)))
+
+
+def test_fp8_matmul_flag_switches_kept_fp8_layers_to_fp8_compute(graph, pack_module):
+    """ComfyUI's --fast fp8_matrix_mult reaches the fp8 layers (through the host's flag)."""
+    from safetensors.torch import load_file
+
+    n, host_mod, models = graph["nodes"], pack_module("nodes.host"), graph["models"]
+    state = load_file(models / "diffusion_models" / "tiny_wan_i2v.safetensors")
+    scaled = {}
+    for key, t in state.items():
+        if key.endswith(".weight") and t.dim() == 2:
+            scale = t.abs().max() / 448.0
+            scaled[key], scaled[key[:-7] + ".scale_weight"] = (t / scale).to(torch.float8_e4m3fn), scale.float()
+        else:
+            scaled[key] = t
+    save_file(scaled, models / "diffusion_models" / "tiny_wan_fp8.safetensors")
+
+    class FastHost(host_mod.TorchHost):
+        def fp8_matmul_flag(self):
+            return True
+
+    for host, expected in ((host_mod.TorchHost(), "dequantize"), (FastHost(), "auto")):
+        host_mod.set_host(host)
+        (model,) = n["InfiniteTalkModelLoader"]().load("tiny_wan_fp8.safetensors", "tiny_infinitetalk.safetensors",
+                                                        "bf16", "keep", "sdpa")
+        modes = {m.fp8_compute for m in model.managed.module.modules()
+                 if getattr(m, "scale_weight", None) is not None}
+        assert modes == {expected}
