@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/byte_counter.p
 from infinitetalk_core.model.attention import BACKENDS, resolve_backend  # noqa: E402
 from infinitetalk_core.model.config import AudioConfig, DiTConfig  # noqa: E402
 from infinitetalk_core.model.dit import InfiniteTalkDiT  # noqa: E402
+from infinitetalk_core.model.fp8 import assign_fp8_weight, fp8_operations  # noqa: E402
 
 CLIP_TOKENS = 257
 TINY = DiTConfig(
@@ -142,10 +143,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--fp8", choices=["off", "fp8", "dequantize"], default="off",
+                   help="store every Linear weight as scaled fp8 (e4m3, per-tensor scale) and multiply with "
+                        "torch._scaled_mm (fp8) or dequantize per call (dequantize)")
+    p.add_argument("--memory-cap-gib", type=float,
+                   help="cap this process's CUDA memory (torch.cuda.set_per_process_memory_fraction)")
     p.add_argument("--count-bytes", action="store_true",
                    help="count the non-matmul bytes of one 14B block at 480x832x81 in bf16 (bench/byte_counter.py); "
                         "with COMFYUI_DIR also ComfyUI's native WanModel")
     return p.parse_args(argv)
+
+
+def to_scaled_fp8(model: torch.nn.Module) -> int:
+    """Replace every fp8-capable Linear's weight by e4m3 bytes + a per-tensor scale, layer by layer."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "scale_weight") and module.weight.dim() == 2:
+            w = module.weight.data
+            scale = (w.abs().max().float() / 448.0).clamp(min=1e-12)
+            assign_fp8_weight(module, (w.float() / scale).to(torch.float8_e4m3fn), scale)
+            count += 1
+    return count
 
 
 def print_byte_counts() -> None:
@@ -178,7 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    model = InfiniteTalkDiT(cfg, device=device, dtype=dtype, attention_backend=a.attention).eval()
+    if a.memory_cap_gib and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, a.memory_cap_gib * 2**30 / total), device)
+    ops = torch.nn if a.fp8 == "off" else fp8_operations(torch.nn, compute=a.fp8)
+    model = InfiniteTalkDiT(cfg, operations=ops, device=device, dtype=dtype, attention_backend=a.attention).eval()
+    if a.fp8 != "off":
+        to_scaled_fp8(model)
     inp = random_inputs(cfg, height, width, frames, a.batch, a.speakers, device, dtype)
     names = ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")
 
@@ -198,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.get_device_name(device) if on_gpu else f"cpu, {torch.get_num_threads()} threads",
         ),
         ("dtype", dtype_name := str(dtype).removeprefix("torch.")),
+        ("fp8 weights", a.fp8),
         ("attention", f"{a.attention} -> {resolve_backend(a.attention, device, dtype)}"),
         ("parameters", f"{sum(q.numel() for q in model.parameters()) / 1e9:.3f} B"),
         ("video", f"{frames}×{height}×{width}, batch {a.batch}, {a.speakers} speaker(s)"),
