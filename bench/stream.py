@@ -13,6 +13,10 @@ Modes (python3 bench/stream.py MODE --help):
         passes and at 4 steps x 1 pass, DiT time vs the compute limit of streaming_perf.md §3
         (1.825 PFLOP per forward; H100 989 TFLOP/s dense bf16 -> 221 s and 7.4 s per chunk).
         The VAE is the stand-in (its time is not the real VAE's). Needs ~40 GB of GPU memory.
+  post  peak host RAM transient of one chunk's post-processing (decoded, colour-corrected float pixels
+        [3, 81, 480, 832] -> kept uint8 frames + float32 context tail), before (float32 kept frames to the
+        host, then frames_to_uint8) and after (uint8 conversion where the pixels are, uint8 to the host),
+        each in a fresh process on the CPU (--size is ignored; --height/--width set the frame).
 
 Numbers are printed as JSON lines so they can be pasted into reports. No timed assertions here.
 """
@@ -344,11 +348,60 @@ def run_gpu(args) -> dict:
     return out
 
 
+def _post_child(args) -> dict:
+    """One post-processing variant on a decoded chunk already in memory; peak RSS above that baseline."""
+    from infinitetalk_core.video.writer import frames_to_uint8, frames_to_uint8_on_device
+
+    torch.set_num_threads(args.threads)
+    frames, context, keep = args.chunk, args.context, args.chunk  # chunk 0 keeps every frame
+    pixels = torch.empty(3, frames, args.height, args.width).uniform_(-1.1, 1.1)  # in place: no temporaries
+    base = peak_rss_mb()
+    start = time.perf_counter()
+    tail = pixels[:, -context:].detach().to("cpu", torch.float32).clone()
+    kept = pixels[:, :keep].detach()
+    if args.variant == "before":  # the old path as a GPU run sees it: a float32 host copy, then uint8 on the host
+        host = kept.to("cpu", torch.float32).clone()
+        out = frames_to_uint8(host)
+        held = host.numel() * 4 + out.nbytes  # the ChunkResult kept the float frames beside the uint8 ones
+    elif args.variant == "before_cpu":  # the old path verbatim on a CPU device (.to() is then a view)
+        out = frames_to_uint8(kept.to("cpu", torch.float32))
+        held = out.nbytes
+    else:  # "after": on a CPU device the device temporaries are host memory too, so they are included
+        out = frames_to_uint8_on_device(kept).to("cpu").numpy()
+        held = out.nbytes
+    seconds = time.perf_counter() - start
+    return {
+        "variant": args.variant,
+        "shape": [3, frames, args.height, args.width],
+        "decoded_float_mb": round(pixels.numel() * 4 / 2**20, 1),
+        "kept_uint8_mb": round(out.nbytes / 2**20, 1),
+        "context_tail_mb": round(tail.numel() * 4 / 2**20, 1),
+        "peak_transient_mb": round(peak_rss_mb() - base, 1),
+        "held_on_host_mb": round((held + tail.numel() * 4) / 2**20, 1),
+        "seconds": round(seconds, 3),
+    }
+
+
+def run_post(args) -> dict:
+    if args.variant:
+        return _post_child(args)
+    common = ["--chunk", str(args.chunk), "--context", str(args.context), "--height", str(args.height),
+              "--width", str(args.width), "--threads", str(args.threads)]
+    results = []
+    for variant in ("before", "before_cpu", "after"):
+        results.append(_child(["post", "--variant", variant, *common]))
+        print(json.dumps(results[-1]), flush=True)
+    return {"mode": "post", "results": results,
+            "note": "before: host side of a GPU run (float32 copy + frames_to_uint8 on the host); "
+                    "before_cpu / after: CPU device, device temporaries included; on a GPU the after "
+                    "path's host side is the uint8 frames and the context tail only"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=("cpu", "rss", "long", "passes", "gpu"))
+    parser.add_argument("mode", choices=("cpu", "rss", "long", "passes", "gpu", "post"))
     parser.add_argument("--frames", type=int, default=None, help="audio/video length in 25 fps frames")
     parser.add_argument("--size", type=int, default=128, help="square frame size in pixels (multiple of 16)")
     parser.add_argument("--chunk", type=int, default=81)
@@ -365,10 +418,15 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="passes mode: runs per variant")
     parser.add_argument("--verbose", action="store_true", help="cpu mode: one line per chunk")
+    parser.add_argument("--height", type=int, default=480, help="post mode: frame height")
+    parser.add_argument("--width", type=int, default=832, help="post mode: frame width")
+    parser.add_argument("--variant", choices=("before", "before_cpu", "after"), default=None,
+                        help="post mode: run one variant in this process")
     args = parser.parse_args()
-    defaults = {"cpu": 300, "rss": 150, "long": 2000, "passes": 81, "gpu": 81}
+    defaults = {"cpu": 300, "rss": 150, "long": 2000, "passes": 81, "gpu": 81, "post": 81}
     args.frames = args.frames or defaults[args.mode]
-    result = {"cpu": run_cpu, "rss": run_rss, "long": run_long, "passes": run_passes, "gpu": run_gpu}[
+    result = {"cpu": run_cpu, "rss": run_rss, "long": run_long, "passes": run_passes, "gpu": run_gpu,
+              "post": run_post}[
         args.mode
     ](args)
     print(json.dumps(result))

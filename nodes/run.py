@@ -21,7 +21,7 @@ from ..infinitetalk_core.stream.hooks import StreamHooks
 from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, tensor_digest
 from ..infinitetalk_core.stream.job import JobFingerprint, digest_json
 from ..infinitetalk_core.stream.job_files import disk_errors, job_folder, remove_job_folder, safe_job_name
-from ..infinitetalk_core.stream.render import open_job, run_job
+from ..infinitetalk_core.stream.render import BackgroundCommitter, open_job, run_job
 from ..infinitetalk_core.stream.settings import StreamSettings
 from ..infinitetalk_core.stream.validation import validate_stream_inputs
 from ..infinitetalk_core.errors import InputValidationError
@@ -154,33 +154,64 @@ class _FinishingVAE:
         return self.vae.decode(latents)
 
 
-def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt) -> StreamHooks:
-    def send(stage: str, chunk: int, chunks: int, step: int, eta, **extra) -> None:
+def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt,
+           committer: BackgroundCommitter) -> StreamHooks:
+    """The generator's hooks; also makes ``committer`` report each chunk once it is on disk.
+
+    A chunk is written on a background thread while the next one samples (render.BackgroundCommitter), so
+    "chunk done" (progress, preview, the chunk_done message and a held interrupt) is reported once the
+    chunk is committed: at the next denoising step (``committer.poll`` runs before each interrupt check)
+    or, at the latest, when the next chunk starts decoding (the commit is waited for there, so chunk k is
+    on disk before chunk k+1's decode begins, as before) or at the end. The generator's own on_chunk is
+    not used: it fires when the chunk is handed to the writer, before it is on disk.
+    """
+    done, eta = [0], [None]  # the progress bar never moves back; the newest estimate of the time left
+    holding = [False]
+
+    def update(value: int, preview=None) -> None:
+        done[0] = max(done[0], value)
+        progress.update(done[0], preview)
+
+    def send(stage: str, chunk: int, chunks: int, step: int, eta_seconds, **extra) -> None:
         fraction = (chunk * steps + step) / max(1, chunks * steps)
         host.send_progress({"stage": stage, "chunk": chunk, "chunks": chunks, "step": step, "steps": steps,
-                            "fraction": fraction, "eta": eta, **extra}, node_id)
+                            "fraction": fraction, "eta": eta_seconds, **extra}, node_id)
 
     def on_stage(s):
+        eta[0] = s.eta_seconds
+        if s.stage == "decoding":  # the previous chunk's commit ends before this decode starts
+            # an interrupt held since this chunk's last step waits until this chunk is committed; one that
+            # arrives while the previous chunk is reported stops the run now (as right after that chunk)
+            holding[0] = deferred.pending is not None
+            try:
+                committer.finish()
+            finally:
+                holding[0] = False
         deferred.guard(send, s.stage, s.chunk, s.num_chunks, steps if s.stage == "decoding" else 0,
                        s.eta_seconds)
 
     def on_step(p):
-        deferred.guard(progress.update, p.chunk * steps + p.step)
+        eta[0] = p.eta_seconds
+        deferred.guard(update, p.chunk * steps + p.step)
         deferred.guard(send, "sampling", p.chunk, p.num_chunks, p.step, p.eta_seconds)
 
-    def on_chunk(c):  # runs after the chunk is committed: a held interrupt may stop the run now
-        frames = ((c.frames[:, -1:].float() + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0)
-        deferred.guard(progress.update, (c.chunk + 1) * steps, first_image_to_pil(frames))
-        deferred.guard(send, "sampling", c.chunk + 1, c.num_chunks, 0, c.eta_seconds, chunk_done=True,
-                       dit_calls=c.pass_calls, skipped_calls=c.skipped_calls, refine_calls=c.refine_calls)
-        deferred.raise_pending()
+    def chunk_saved(result, _io_seconds):  # the chunk is committed: a held interrupt may stop the run now
+        frames = result.pixels_uint8[-1:].float().div(255)  # [1, H, W, 3]: the chunk's last frame
+        deferred.guard(update, (result.index + 1) * steps, first_image_to_pil(frames))
+        deferred.guard(send, "sampling", result.index + 1, result.num_chunks, 0, eta[0], chunk_done=True,
+                       dit_calls=result.pass_calls, skipped_calls=result.skipped_calls,
+                       refine_calls=result.refine_calls)
+        if not holding[0]:
+            deferred.raise_pending()
 
     def check_interrupt():
+        committer.poll()  # report a chunk whose commit finished meanwhile (raises a writer error)
         deferred.raise_pending()
         host.check_interrupt()  # ComfyUI raises its own (BaseException) interrupt here
         return False
 
-    return StreamHooks(on_step, on_chunk, check_interrupt, on_stage)
+    committer.on_chunk_saved = chunk_saved
+    return StreamHooks(on_step, None, check_interrupt, on_stage)
 
 
 def _prepare(inputs: dict, host, node_id):
@@ -251,13 +282,14 @@ def _render(host, job, model, vae, plan, source, feats, text, settings, encoder,
     device = host.load_for_use([model.managed])
     progress = host.progress(plan.num_chunks * settings.steps)
     progress.update(job.chunks_done * settings.steps)
-    hooks = _hooks(host, progress, settings.steps, node_id, deferred)
+    committer = BackgroundCommitter(job)
+    hooks = _hooks(host, progress, settings.steps, node_id, deferred, committer)
 
     def chunks_from(state):
         return generate_chunks(model.managed.module, vae, plan, source, feats.features, text, settings,
                                image_encoder=encoder, ref_target_masks=masks, state=state, hooks=hooks,
                                device=device)
 
-    run_job(job, chunks_from)
+    run_job(job, chunks_from, committer=committer)
     deferred.raise_pending()
     progress.close()

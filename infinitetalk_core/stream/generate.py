@@ -24,6 +24,7 @@ import torch
 from ..audio import chunk_audio_windows
 from ..color import match_colors_signed
 from ..errors import NonFiniteError
+from ..video.writer import frames_to_uint8_on_device
 from .conditioning import ChunkConditioning, build_conditioning, encode_clip, encode_context
 from .model_fn import PassBatching, make_model_fn
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
@@ -62,27 +63,48 @@ class StreamState:
 
 @dataclass(frozen=True)
 class ChunkResult:
-    """One finished chunk. ``frames``: kept frames [3, n, H, W] float32 CPU in [-1, 1] (after colour)."""
+    """One finished chunk.
+
+    ``pixels_uint8``: the kept frames as written to a job, uint8 [n, H, W, 3] on the CPU, converted on the
+    device (``frames_uint8()`` gives the numpy view). ``frames``: the kept frames [3, n, H, W] float32 CPU in
+    [-1, 1] (after colour), exactly as decoded while the result still holds its float frames (they stay on
+    the compute device until asked for, so a GPU run moves only uint8 and the context tail to the host);
+    once a job writer has called ``release_float_frames()`` (``render.commit_chunks`` does, so the next
+    chunk does not sample beside them) ``frames`` is derived from ``pixels_uint8`` (u / 127.5 - 1: within
+    half a uint8 step of the decoded values).
+    """
 
     chunk: ChunkPlan
     num_chunks: int
-    frames: torch.Tensor
+    pixels_uint8: torch.Tensor
     reference_index: int
     state: StreamState  # the state after this chunk (persist it to resume)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour, post
     pass_calls: int = 0  # guidance-pass evaluations the sampler asked for (steps x passes)
     skipped_calls: int = 0  # of those, answered by the step cache without the transformer blocks
     refine_calls: int = 0  # extra pass calls of the context refinement before this chunk (experimental)
+    # the kept float frames [3, n, H, W] on the compute device until released (a one-slot holder: frozen)
+    float_frames: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def index(self) -> int:
         return self.chunk.index
 
-    def frames_uint8(self) -> np.ndarray:
-        """[n, H, W, 3] uint8 ((x+1)/2·255, rounded, clipped)."""
-        from ..video.writer import frames_to_uint8
+    @property
+    def frames(self) -> torch.Tensor:
+        """[3, n, H, W] float32 CPU in [-1, 1]: exact until ``release_float_frames()``, then uint8-derived."""
+        if self.float_frames:
+            return self.float_frames[0].to("cpu", torch.float32)
+        return self.pixels_uint8.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
 
-        return frames_to_uint8(self.frames)
+    def release_float_frames(self) -> None:
+        """Drop the float frames (device memory on a GPU run); ``frames`` is uint8-derived afterwards."""
+        self.float_frames.clear()
+
+    def frames_uint8(self) -> np.ndarray:
+        """[n, H, W, 3] uint8 ((x+1)/2·255, rounded, clipped; bit-identical to ``frames_to_uint8(frames)``
+        of the float frames)."""
+        return self.pixels_uint8.numpy()
 
 
 def generate_chunks(
@@ -225,15 +247,7 @@ def _generate_chunk(
         run.hooks.stage("refining_context", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
         cached = cache.get(ref_index)
         context_pixels, refine_calls = _refine(run, chunk, state, reference, context_pixels, cached)
-    if ref_index in cache:
-        cached = cache[ref_index]
-        y, clip = cached.y, cached.clip_features
-        context = encode_context(run.vae, context_pixels)
-    else:
-        cond = build_conditioning(run.vae, reference, context_pixels, plan.chunk_frames, run.image_encoder)
-        cache.clear()
-        cache[ref_index] = cond
-        y, clip, context = cond.y, cond.clip_features, cond.context_latents
+    y, clip, context = _conditioning(run, cache, ref_index, reference, context_pixels)
     audio = _audio_windows(run.persons, plan, chunk, settings.audio_padding, device)
     positive, negative = run.text.for_chunk(chunk.index)
     t1 = _sync(device)
@@ -260,14 +274,29 @@ def _generate_chunk(
     timings["colour"] = t4 - t3
 
     check_finite(pixels, chunk, plan.num_chunks, "colour-corrected frames")
-    # the next chunk's context: the last M frames of the whole chunk, after colour correction
+    # the next chunk's context: the last M frames of the whole chunk, after colour correction (float32)
     next_context = pixels[:, -plan.context_frames :].detach().to("cpu", torch.float32).clone()
-    kept = pixels[:, chunk.keep_start : chunk.keep_stop].detach().to("cpu", torch.float32)
+    # the kept frames leave the device as uint8 only (a quarter of float32; no float copy on the host)
+    kept = pixels[:, chunk.keep_start : chunk.keep_stop].detach()
+    kept_uint8 = frames_to_uint8_on_device(kept).to("cpu")
+    timings["post"] = _sync(device) - t4  # context tail + uint8 conversion + the copy to the host
     new_state = StreamState(chunk.index + 1, next_context)
     log.debug(
         "chunk %d/%d: %s", chunk.index + 1, plan.num_chunks, {k: round(v, 3) for k, v in timings.items()}
     )
-    return ChunkResult(chunk, plan.num_chunks, kept, ref_index, new_state, timings, calls, skipped, refine_calls)
+    return ChunkResult(chunk, plan.num_chunks, kept_uint8, ref_index, new_state, timings, calls, skipped,
+                       refine_calls, [kept])
+
+
+def _conditioning(run: _Run, cache: dict, ref_index: int, reference: torch.Tensor, context_pixels: torch.Tensor):
+    """(y, CLIP features, context latents); y and CLIP are reused while the reference frame repeats."""
+    if ref_index in cache:
+        cached = cache[ref_index]
+        return cached.y, cached.clip_features, encode_context(run.vae, context_pixels)
+    cond = build_conditioning(run.vae, reference, context_pixels, run.plan.chunk_frames, run.image_encoder)
+    cache.clear()
+    cache[ref_index] = cond
+    return cond.y, cond.clip_features, cond.context_latents
 
 
 def _refine(run: _Run, chunk: ChunkPlan, state: StreamState, reference: torch.Tensor,

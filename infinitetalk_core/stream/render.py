@@ -3,8 +3,9 @@
     job = render_to_job(job_dir, model, vae, plan, references, features, text, settings, ...)
     job.write_mp4("out.mp4", audio="speech.wav")       # or render_video(...) for both steps
 
-Each chunk's kept frames are written (uint8) as soon as they are decoded; host RAM holds one chunk
-whatever the video length. Rerunning with the same inputs resumes after the last finished chunk;
+Each chunk's kept frames are written (uint8) as soon as they are decoded, on a background thread while
+the next chunk samples (``BackgroundCommitter``: in order, one commit in flight, so host RAM holds at most
+two chunks of uint8 frames whatever the video length). Rerunning with the same inputs resumes after the last finished chunk;
 see job.py for what "same inputs" means and what happens otherwise.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -102,7 +104,11 @@ def render_to_job(
     job_path: the job directory (refused if it holds another input set), or None to use
     ``job_root/<fingerprint>`` (resumes the same inputs, starts fresh for others). model_identity: a
     stable id of the weights (e.g. file hashes + LoRAs); default: hash of the model's state dict.
-    on_chunk_saved(result, io_seconds) runs after each chunk is on disk.
+    on_chunk_saved(result, io_seconds) runs in this thread after each chunk is on disk, in order: the
+    chunks are written on a background thread while the next one samples, so that is at the next chunk
+    boundary (or the end). ``hooks.on_chunk`` fires when a chunk is handed to that writer, before it is
+    on disk, and its ``frames`` are then derived from the uint8 frames (see ``ChunkResult``); every
+    commit has finished when this returns or raises.
     """
     validate_stream_inputs(
         model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, None
@@ -153,11 +159,18 @@ def run_job(
     job: JobDirectory,
     chunks_from: Callable[[StreamState | None], Iterable[ChunkResult]],
     on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
+    *,
+    committer: "BackgroundCommitter | None" = None,
 ) -> JobDirectory:
-    """Generate and commit every missing chunk; after a repair jumps ahead, continue from there."""
+    """Generate and commit every missing chunk; after a repair jumps ahead, continue from there.
+
+    committer: the writer to use (e.g. one whose ``poll`` the caller's hooks call between sampling steps,
+    see nodes/run.py); default: a new ``BackgroundCommitter(job, on_chunk_saved)``.
+    """
+    committer = committer or BackgroundCommitter(job, on_chunk_saved)
     while not job.is_complete:
         job.fast_forwarded = False
-        commit_chunks(job, chunks_from(job_state(job)), on_chunk_saved)
+        commit_chunks(job, chunks_from(job_state(job)), committer=committer)
         if not job.fast_forwarded:
             break
     return job
@@ -167,21 +180,117 @@ def commit_chunks(
     job: JobDirectory,
     chunks: Iterable[ChunkResult],
     on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
+    *,
+    committer: "BackgroundCommitter | None" = None,
 ) -> JobDirectory:
     """Write each chunk's kept frames and resume state to ``job`` as soon as it is generated.
 
-    Stops early (closing the generator) when a repair fast-forwarded the job past the chunks it
-    would generate next.
+    The writes run on a background thread while the next chunk is generated (see ``BackgroundCommitter``);
+    every commit has finished when this returns or raises. Stops early (closing the generator) when a
+    repair fast-forwarded the job past the chunks it would generate next.
     """
-    for result in chunks:
-        start = time.perf_counter()
-        job.commit_chunk(result.index, result.frames_uint8(), result.state.to_tensors())
-        if on_chunk_saved is not None:
-            on_chunk_saved(result, time.perf_counter() - start)
-        if job.fast_forwarded:
-            getattr(chunks, "close", lambda: None)()
-            break
+    committer = committer or BackgroundCommitter(job, on_chunk_saved)
+    try:
+        for result in chunks:
+            if not committer.submit(result):  # a repair fast-forwarded the job: nothing left to generate
+                break
+        committer.finish()
+    except BaseException:
+        error = committer.wait()  # never return (or unwind) with a commit half done
+        if error is not None:
+            raise error  # the writer's error (e.g. E_DISK) wins; the generation's is its __context__
+        raise
+    finally:
+        getattr(chunks, "close", lambda: None)()  # a stopped generator frees its device tensors now
     return job
+
+
+class BackgroundCommitter:
+    """Commit chunks to a job on one worker thread while the caller generates the next chunk.
+
+    Strictly in order and at most one commit in flight: ``submit`` waits for the previous commit, so host
+    RAM holds at most two chunks of uint8 frames. Everything the caller sees happens in the caller's
+    thread: a writer error (already coded by ``disk_errors``, e.g. E_DISK) is raised at the next
+    ``submit``, ``poll`` or ``finish``, and ``on_chunk_saved(result, io_seconds)`` runs there once the chunk
+    is committed (call ``poll()`` between sampling steps to hear of it before the next chunk is done).
+    While a repair is pending (it may fast-forward the job) commits run in the calling thread instead.
+    """
+
+    def __init__(
+        self,
+        job: JobDirectory,
+        on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
+        background: bool = True,
+    ):
+        self.job, self.on_chunk_saved, self.background = job, on_chunk_saved, background
+        self._thread: threading.Thread | None = None
+        self._result: ChunkResult | None = None  # submitted, not yet reported
+        self._error: BaseException | None = None
+        self._seconds = 0.0
+
+    @property
+    def in_flight(self) -> bool:
+        """A commit is still running on the worker thread."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, result: ChunkResult) -> bool:
+        """Start committing ``result`` once the previous commit has finished (and been reported).
+
+        Returns False when the job fast-forwarded (a repair took its remaining chunks back): the caller
+        must stop generating. ``result`` is then committed only if its own commit did that (commits run in
+        the calling thread while a repair is pending, so that is known at once).
+        """
+        self._collect(block=True)
+        if self.job.fast_forwarded:
+            return False
+        frames, state = result.frames_uint8(), result.state.to_tensors()
+        result.release_float_frames()  # the next chunk must not sample beside the float frames
+        self._result, self._error = result, None
+        if not self.background or self.job.manifest.pending:
+            self._commit(result.index, frames, state)
+            self._collect(block=True)
+            return not self.job.fast_forwarded
+        self._thread = threading.Thread(target=self._commit, args=(result.index, frames, state),
+                                        name=f"commit-chunk-{result.index}")
+        self._thread.start()
+        return True
+
+    def poll(self) -> None:
+        """Report the finished commit, if any, without waiting (raises its error)."""
+        self._collect(block=False)
+
+    def finish(self) -> None:
+        """Wait for the commit in flight and report it (raises its error)."""
+        self._collect(block=True)
+
+    def wait(self) -> BaseException | None:
+        """Wait for the commit in flight without reporting it; return its error (for unwinding)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._result, self._error = self._error, None, None
+        return error
+
+    def _commit(self, index: int, frames, state: dict) -> None:
+        start = time.perf_counter()
+        try:
+            self.job.commit_chunk(index, frames, state)
+        except BaseException as exc:  # handed to the caller's thread
+            self._error = exc
+        self._seconds = time.perf_counter() - start
+
+    def _collect(self, block: bool) -> None:
+        if self._thread is not None:
+            if not block and self._thread.is_alive():
+                return
+            self._thread.join()
+            self._thread = None
+        result, error = self._result, self._error
+        self._result = self._error = None
+        if error is not None:
+            raise error
+        if result is not None and self.on_chunk_saved is not None:
+            self.on_chunk_saved(result, self._seconds)
 
 
 def render_video(out_path: str | Path, audio, *args, crf: int = 19, **kwargs) -> Path:

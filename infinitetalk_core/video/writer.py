@@ -272,3 +272,21 @@ def frames_to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3], rounding as the reference ((x+1)/2*255, clip)."""
     x = ((pixels.detach().float().cpu() + 1.0) * 127.5).clamp(0, 255)
     return x.round().to(torch.uint8).permute(1, 2, 3, 0).contiguous().numpy()
+
+
+def frames_to_uint8_on_device(pixels: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """[3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3] on the *same device* (move only this, 4x smaller than
+    float32, to the host). Bit-identical to ``frames_to_uint8``: the same float32 operations in the same order
+    ((x + 1) * 127.5, clamp to [0, 255], round half to even), done ``batch`` frames at a time so the float
+    temporary on the device stays at most ``batch`` frames whatever the chunk length."""
+    if pixels.ndim != 4 or pixels.shape[0] != 3:
+        raise InputValidationError(f"Frames of shape {tuple(pixels.shape)} are not [3, F, H, W].",
+                                   "Pass decoded pixels [3, F, H, W] in [-1, 1].")
+    pixels = pixels.detach()
+    _, count, height, width = pixels.shape
+    out = torch.empty((count, height, width, 3), dtype=torch.uint8, device=pixels.device)
+    for start in range(0, count, max(1, batch)):
+        x = pixels[:, start : start + batch].float() + 1.0  # a new tensor: the in-place steps below are safe
+        x.mul_(127.5).clamp_(0, 255).round_()
+        out[start : start + batch].copy_(x.permute(1, 2, 3, 0))  # integral values in [0, 255]: exact
+    return out
