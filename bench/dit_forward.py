@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/byte_counter.py
 from infinitetalk_core.model.attention import BACKENDS, resolve_backend  # noqa: E402
 from infinitetalk_core.model.config import AudioConfig, DiTConfig  # noqa: E402
+from infinitetalk_core.model.compile import compile_blocks  # noqa: E402
 from infinitetalk_core.model.dit import InfiniteTalkDiT  # noqa: E402
 from infinitetalk_core.model.fp8 import assign_fp8_weight, fp8_operations  # noqa: E402
 
@@ -146,6 +147,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fp8", choices=["off", "fp8", "dequantize"], default="off",
                    help="store every Linear weight as scaled fp8 (e4m3, per-tensor scale) and multiply with "
                         "torch._scaled_mm (fp8) or dequantize per call (dequantize)")
+    p.add_argument("--compile", choices=["off", "blocks"], default="off",
+                   help="torch.compile every block (regional); the warm-up runs include the compile")
     p.add_argument("--memory-cap-gib", type=float,
                    help="cap this process's CUDA memory (torch.cuda.set_per_process_memory_fraction)")
     p.add_argument("--count-bytes", action="store_true",
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     model = InfiniteTalkDiT(cfg, operations=ops, device=device, dtype=dtype, attention_backend=a.attention).eval()
     if a.fp8 != "off":
         to_scaled_fp8(model)
+    compile_blocks(model, a.compile)
     inp = random_inputs(cfg, height, width, frames, a.batch, a.speakers, device, dtype)
     names = ("x", "t", "context", "clip_fea", "y", "audio", "ref_target_masks")
 
@@ -223,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         ("dtype", dtype_name := str(dtype).removeprefix("torch.")),
         ("fp8 weights", a.fp8),
+        ("compile", a.compile),
         ("attention", f"{a.attention} -> {resolve_backend(a.attention, device, dtype)}"),
         ("parameters", f"{sum(q.numel() for q in model.parameters()) / 1e9:.3f} B"),
         ("video", f"{frames}×{height}×{width}, batch {a.batch}, {a.speakers} speaker(s)"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU must show, in one unattended run (about 6-8 minutes on one H100/H200):
+# Everything a lent GPU must show, in one unattended run (about 8 minutes on one H100/H200):
 #   bash bench/gpu_check.sh [OUT_DIR]        (OUT_DIR default: $OUT, else ./gpu_check_out)
 #   DRY=1 bash bench/gpu_check.sh            (CPU rehearsal with the tiny presets: checks the script itself)
 # Each step writes OUT_DIR/<step>.txt (markdown tables / JSON lines); a failing or timed-out step is
@@ -47,6 +47,9 @@ if has sageattention && [[ "${DRY:-0}" != 1 ]]; then
 fi
 if has flash_attn_interface || has flash_attn; then
     [[ "${DRY:-0}" != 1 ]] && step bf16_flash 150 bench/dit_forward.py "${big[@]}" --attention flash
+fi
+if [[ "${DRY:-0}" != 1 ]]; then
+    step bf16_compiled 300 bench/dit_forward.py --preset 14b --warmup 2 --repeats 3 --attention auto --compile blocks
 fi
 step fp8_matmul 150 bench/dit_forward.py "${big[@]}" --attention auto --fp8 fp8 --dtype bfloat16
 step fp8_dequantize 150 bench/dit_forward.py "${big[@]}" --attention auto --fp8 dequantize --dtype bfloat16

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..infinitetalk_core.model.attention import BACKENDS as ATTENTION_BACKENDS
+from ..infinitetalk_core.model.compile import COMPILE_MODES
 from .common import CATEGORY, MODEL_TYPE, WAV2VEC_TYPE, coded_errors, require
 from .host import ManagedModel, get_host
 
@@ -105,12 +106,16 @@ class InfiniteTalkModelLoader:
                 "lora_2": (loras, {"default": NONE, "tooltip": "A second optional LoRA (models/loras)."}),
                 "strength_2": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
                                          "tooltip": "Strength of lora_2 (1.0 = as trained)."}),
+                "compile": (list(COMPILE_MODES), {"default": "off", "tooltip":
+                            "blocks = torch.compile each transformer block (one compile shared by all 40, "
+                            "at the first chunk; needs a working Triton/C++ toolchain), then faster steps."}),
             },
         }
 
     @coded_errors("loading the InfiniteTalk model")
     def load(self, base_model, infinitetalk_model, weight_dtype, fp8_weights, attention,
-             lora_1=NONE, strength_1=1.0, lora_2=NONE, strength_2=1.0):
+             lora_1=NONE, strength_1=1.0, lora_2=NONE, strength_2=1.0, compile="off"):
+        from ..infinitetalk_core.model.compile import compile_blocks
         from ..infinitetalk_core.model.fp8 import set_fp8_compute
         from ..infinitetalk_core.model.loading import load_infinitetalk_model
 
@@ -127,6 +132,7 @@ class InfiniteTalkModelLoader:
         model.attention_preference = host.attention_flag()  # ComfyUI's attention flags, for "auto"
         if fp8_weights == "keep" and host.fp8_matmul_flag():  # W8A8 on GPUs that can (sm 8.9+)
             set_fp8_compute(model, "auto")
+        compile_blocks(model, compile)  # weights stay graph inputs: LoRA patches and offload still apply
         managed = _apply_loras(host, host.manage(model, {"kind": "infinitetalk_dit"}), loras)
         files = (base,) if audio is None else (base, audio)
         return (InfiniteTalkModel(managed, model.config, attention, files, loras, report),)

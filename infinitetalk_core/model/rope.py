@@ -55,8 +55,13 @@ def rope_tables(grid: tuple[int, int, int], split: tuple[int, int, int], device,
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neg_sin: torch.Tensor) -> torch.Tensor:
     """x [B, L, H, D] with adjacent pairs rotated by the tables of ``rope_tables`` -> new tensor, x's dtype."""
-    pairs, out = x.unflatten(-1, (-1, 2)), torch.empty_like(x)
-    real, imag, target = pairs[..., 0], pairs[..., 1], out.unflatten(-1, (-1, 2))
+    pairs = x.unflatten(-1, (-1, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    if torch.compiler.is_compiling():  # inductor fuses this into one kernel; out= on a strided view would break the graph
+        return torch.stack((torch.addcmul(real * cos, imag, neg_sin), torch.addcmul(real * sin, imag, cos)), -1
+                           ).flatten(-2)
+    out = torch.empty_like(x)
+    target = out.unflatten(-1, (-1, 2))
     torch.addcmul(real * cos, imag, neg_sin, out=target[..., 0])
     torch.addcmul(real * sin, imag, cos, out=target[..., 1])
     return out

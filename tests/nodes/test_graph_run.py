@@ -297,3 +297,13 @@ def test_fp8_matmul_flag_switches_kept_fp8_layers_to_fp8_compute(graph, pack_mod
         modes = {m.fp8_compute for m in model.managed.module.modules()
                  if getattr(m, "scale_weight", None) is not None}
         assert modes == {expected}
+
+
+def test_model_loader_compiles_the_blocks_when_asked(graph, pack_module, monkeypatch):
+    compile_module = pack_module("infinitetalk_core.model.compile")
+    calls = []
+    monkeypatch.setattr(compile_module, "compile_blocks", lambda model, mode: calls.append(mode) or 0)
+    n = graph["nodes"]
+    n["InfiniteTalkModelLoader"]().load("tiny_wan_i2v.safetensors", "tiny_infinitetalk.safetensors", "fp32", "keep",
+                                        "sdpa", compile="blocks")
+    assert calls == ["blocks"]
