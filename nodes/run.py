@@ -6,6 +6,7 @@ chunks go straight into the job folder, so an interrupt or crash keeps them (re-
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from fractions import Fraction
 
@@ -214,6 +215,24 @@ def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt,
     return StreamHooks(on_step, None, check_interrupt, on_stage)
 
 
+DIT_STAGES = ("refining_context", "sampling")
+
+
+def _reload_before_dit(hooks: StreamHooks, reload) -> StreamHooks:
+    """Load the DiT again before every stage that runs it: in low VRAM, ComfyUI may offload it to make
+    room for a VAE encode or decode, and nothing else would load it back (ComfyUI's call is cheap when
+    the model is already loaded)."""
+    inner = hooks.on_stage
+
+    def on_stage(s) -> None:
+        if s.stage in DIT_STAGES:
+            reload()
+        if inner is not None:
+            inner(s)
+
+    return dataclasses.replace(hooks, on_stage=on_stage)
+
+
 def _prepare(inputs: dict, host, node_id):
     """Everything checked before the job folder is touched: settings, sizes, plan, conditioning inputs."""
     check_sampler_settings(inputs)
@@ -283,7 +302,8 @@ def _render(host, job, model, vae, plan, source, feats, text, settings, encoder,
     progress = host.progress(plan.num_chunks * settings.steps)
     progress.update(job.chunks_done * settings.steps)
     committer = BackgroundCommitter(job)
-    hooks = _hooks(host, progress, settings.steps, node_id, deferred, committer)
+    hooks = _reload_before_dit(_hooks(host, progress, settings.steps, node_id, deferred, committer),
+                               lambda: host.load_for_use([model.managed]))
 
     def chunks_from(state):
         return generate_chunks(model.managed.module, vae, plan, source, feats.features, text, settings,

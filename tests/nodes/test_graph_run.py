@@ -307,3 +307,22 @@ def test_model_loader_compiles_the_blocks_when_asked(graph, pack_module, monkeyp
     n["InfiniteTalkModelLoader"]().load("tiny_wan_i2v.safetensors", "tiny_infinitetalk.safetensors", "fp32", "keep",
                                         "sdpa", compile="blocks")
     assert calls == ["blocks"]
+
+
+def test_the_dit_is_loaded_again_before_every_chunk(graph, pack_module):
+    """A VAE encode/decode may offload the DiT in low VRAM; the sampler loads it back before each chunk."""
+    n, host_mod = graph["nodes"], pack_module("nodes.host")
+    feats, *_ = n["InfiniteTalkAudioEncode"]().encode(graph["wav2vec"], speech(1.6), False)
+    refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
+    loads = []
+
+    class CountingHost(host_mod.TorchHost):
+        def load_for_use(self, models, device=None):
+            loads.append([m.info.get("kind") if m.info else None for m in models])
+            return super().load_for_use(models, device)
+
+    host_mod.set_host(CountingHost())
+    handle, _, count, _ = n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(graph, refs, feats))
+    chunks = len(json.loads((Path(handle.path) / "manifest.json").read_text())["chunks"])
+    dit_loads = [k for k in loads if k == ["infinitetalk_dit"]]
+    assert count == 40 and chunks == 3 and len(dit_loads) == 1 + chunks  # at the start, then before each chunk
