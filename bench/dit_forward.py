@@ -151,6 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.compile every block (regional); the warm-up runs include the compile")
     p.add_argument("--memory-cap-gib", type=float,
                    help="cap this process's CUDA memory (torch.cuda.set_per_process_memory_fraction)")
+    p.add_argument("--estimate-h100", action="store_true",
+                   help="print the model-based H100 estimate of a 4 x 1 chunk (FLOP model + the bytes counter)")
     p.add_argument("--count-bytes", action="store_true",
                    help="count the non-matmul bytes of one 14B block at 480x832x81 in bf16 (bench/byte_counter.py); "
                         "with COMFYUI_DIR also ComfyUI's native WanModel")
@@ -167,6 +169,31 @@ def to_scaled_fp8(model: torch.nn.Module) -> int:
             assign_fp8_weight(module, (w.float() / scale).to(torch.float8_e4m3fn), scale)
             count += 1
     return count
+
+
+# H100 SXM figures behind the estimate (../shared/research/streaming_perf.md §3 and its anchors)
+H100 = {"fp8_tflops": 1979.0, "bf16_tflops": 989.0, "hbm_tbps": 3.35}
+EFFICIENCY = {"gemm": 0.60, "attention_tflops": 1000.0, "bandwidth": 0.80}  # FA3-FP8 / Sage2 ~1.2 PF/s
+
+
+def estimate_h100(steps: int = 4, passes: int = 1, fp8: bool = True) -> list[tuple[str, str]]:
+    """Model-based seconds of one 480×832×81 chunk's DiT work on an H100: linear layers at the fp8 (or
+    bf16) peak × 0.6, attention at 1.0 PFLOP/s (8-bit kernels), non-matmul bytes from our own counter at
+    80 % of HBM bandwidth. VAE, text and CLIP encoders are not counted."""
+    import byte_counter
+
+    cfg, grid = DiTConfig(), (21, 30, 52)
+    flops = forward_flops(cfg, grid)
+    peak = H100["fp8_tflops" if fp8 else "bf16_tflops"] * 1e12 * EFFICIENCY["gemm"]
+    attention = flops["total"] - flops["linear"]
+    bytes_per, _ = byte_counter.ours(cfg, random_inputs, 480, 832, 81)
+    elementwise = bytes_per * grid[0] * grid[1] * grid[2] * cfg.dim * cfg.num_layers
+    parts = {"linear": flops["linear"] / peak, "attention": attention / (EFFICIENCY["attention_tflops"] * 1e12),
+             "elementwise": elementwise / (H100["hbm_tbps"] * 1e12 * EFFICIENCY["bandwidth"])}
+    forward = sum(parts.values())
+    rows = [(f"{k} s per forward", f"{v:.3f}") for k, v in parts.items()]
+    return rows + [("s per forward", f"{forward:.2f}"),
+                   (f"est. s per chunk, {steps} x {passes}, {'fp8' if fp8 else 'bf16'} GEMMs", f"{forward * steps * passes:.1f}")]
 
 
 def print_byte_counts() -> None:
@@ -191,6 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     if a.count_bytes:
         return print_byte_counts()
+    if a.estimate_h100:
+        rows = estimate_h100(4, 1, True) + estimate_h100(4, 1, False)[-1:] + estimate_h100(40, 3, True)[-1:]
+        print("| quantity (480×832×81, H100 model) | value |\n|---|---|")
+        return print("\n".join(f"| {k} | {v} |" for k, v in rows))
     cfg, height, width, frames, dtype_name, device_name = PRESETS[a.preset]
     height, width, frames = a.height or height, a.width or width, a.frames or frames
     device, dtype = torch.device(a.device or device_name), getattr(torch, a.dtype or dtype_name)

@@ -16,7 +16,7 @@ step() {  # step NAME SECONDS python-args...
     shift 2
     echo "## $name" | tee -a "$summary"
     if timeout "$limit" python3 "$@" >"$out/$name.txt" 2>&1; then
-        grep -E '^\|' "$out/$name.txt" | grep -E 'forward seconds|achieved|ceiling|share|peak|bytes per|ours|native' \
+        grep -E '^\|' "$out/$name.txt" | grep -E 'forward seconds|achieved|ceiling|share|peak|bytes per|ours|native|est\. s|s per forward' \
             >>"$summary" || tail -n 5 "$out/$name.txt" >>"$summary"
     else
         echo "(step failed or timed out after ${limit}s: see $name.txt)" | tee -a "$summary"
@@ -40,6 +40,7 @@ else
 fi
 
 step bytes_per_block 60 bench/dit_forward.py --count-bytes
+step h100_model_estimate 60 bench/dit_forward.py --estimate-h100
 step bf16_sdpa 150 bench/dit_forward.py "${big[@]}" --attention sdpa
 step bf16_auto 150 bench/dit_forward.py "${big[@]}" --attention auto
 if has sageattention && [[ "${DRY:-0}" != 1 ]]; then
