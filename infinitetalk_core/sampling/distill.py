@@ -16,24 +16,14 @@ from typing import Callable
 import torch
 
 from ..errors import InputValidationError
-from .guidance import APGState, GuidanceConfig, guidance_passes
+from .guidance import APGState, GuidanceConfig
 from .sampler import ModelFn, StepCallback, _check, guided_velocity, write_context
-from .schedule import NUM_TRAIN_TIMESTEPS, shift_timesteps
+from .schedule import NUM_TRAIN_TIMESTEPS, check_schedule, shift_timesteps
 
 MAX_DISTILL_STEPS = 50
 DEFAULT_DISTILL_SHIFT = 5.0  # sample_shift of LightX2V's wan_i2v_distill_*_4step_cfg configs
 StepNoise = Callable[[int], torch.Tensor]
-
-
-def _check_schedule(steps: object, shift: object, max_steps: int, steps_fix: str) -> None:
-    """Raise InputValidationError unless steps is an int in 1..max_steps and shift a number in (0, 100]."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= max_steps:
-        raise InputValidationError(f"steps must be an integer in 1..{max_steps}, got {steps!r}.", steps_fix)
-    if isinstance(shift, bool) or not isinstance(shift, (int, float)) or not 0 < float(shift) <= 100:
-        raise InputValidationError(
-            f"shift must be a number in (0, 100], got {shift!r}.",
-            "Use 5 with the lightx2v distillation LoRA; 7 at 480p or 11 at 720p for the base model.",
-        )
+DISTILL_SHIFT_FIX = "Use 5 with the lightx2v distillation LoRA; 7 at 480p or 11 at 720p for the base model."
 
 
 def _training_sigmas(steps: int) -> torch.Tensor:
@@ -55,8 +45,8 @@ def distill_timesteps(steps: int, shift: float = DEFAULT_DISTILL_SHIFT) -> torch
 
     4 steps, shift 5: [1000, 937.5, 833.33, 625, 0] (σ shifted in float32 as LightX2V does).
     """
-    _check_schedule(steps, shift, MAX_DISTILL_STEPS,
-                        "Use 4 steps (what the lightx2v distillation LoRA was trained for).")
+    check_schedule(steps, shift, MAX_DISTILL_STEPS,
+                   "Use 4 steps (what the lightx2v distillation LoRA was trained for).", DISTILL_SHIFT_FIX)
     sigmas = shift_timesteps(_training_sigmas(steps), float(shift), num_train_timesteps=1)
     return torch.cat([sigmas * NUM_TRAIN_TIMESTEPS, torch.zeros(1, dtype=torch.float32)])
 
@@ -100,7 +90,7 @@ def sample_flow_distill(
     _check(noise, timesteps, context_latents)
     total = timesteps.numel() - 1
     _require_step_noise(step_noise, total)
-    passes = guidance_passes(guidance.text_scale, guidance.audio_scale, guidance.reference_passes)
+    passes = guidance.passes
     timesteps = timesteps.to(device=noise.device, dtype=torch.float32)
     sigmas = timesteps / NUM_TRAIN_TIMESTEPS
     x, state = write_context(noise.clone(), context_latents), APGState()

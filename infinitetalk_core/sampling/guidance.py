@@ -66,6 +66,12 @@ class GuidanceConfig:
             )
 
 
+    @property
+    def passes(self) -> tuple[str, ...]:
+        """The guidance passes each step evaluates (``guidance_passes`` of these scales)."""
+        return guidance_passes(self.text_scale, self.audio_scale, self.reference_passes)
+
+
 @dataclass(frozen=True)
 class APGState:
     """Momentum running averages of the text and audio guidance terms (None = empty buffer)."""
@@ -131,7 +137,7 @@ def _require(preds: Mapping[str, torch.Tensor], names: tuple[str, ...]) -> None:
 def combine_guidance(preds: Mapping[str, torch.Tensor], config: GuidanceConfig,
                      state: APGState = APGState()) -> tuple[torch.Tensor, APGState, dict[str, torch.Tensor]]:
     """Guided velocity from the pass outputs -> (v, new APG state, APG terms {"text"|"audio": term})."""
-    passes = guidance_passes(config.text_scale, config.audio_scale, config.reference_passes)
+    passes = config.passes
     _require(preds, passes)
     v_c, s_t, s_a = preds[COND], config.text_scale, config.audio_scale
     if len(passes) == 1:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputValidationError
-from .guidance import GuidanceConfig, guidance_passes
+from .guidance import GuidanceConfig
 from .sampler import StepCallback, ModelFn, sample_flow_euler
 from .schedule import NUM_TRAIN_TIMESTEPS
 
@@ -41,7 +41,7 @@ class RefineSettings:
 
     def extra_calls(self, guidance: GuidanceConfig) -> int:
         """DiT pass calls one refinement costs: steps x guidance passes."""
-        return self.steps * len(guidance_passes(guidance.text_scale, guidance.audio_scale, guidance.reference_passes))
+        return self.steps * len(guidance.passes)
 
     def validate(self) -> None:
         """Raise InputValidationError naming the bad setting."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..errors import InputValidationError
-from .guidance import APGState, GuidanceConfig, combine_guidance, guidance_passes
+from .guidance import APGState, GuidanceConfig, combine_guidance
 from .schedule import NUM_TRAIN_TIMESTEPS
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Sequence[str]], Mapping[str, torch.Tensor]]
@@ -80,7 +80,7 @@ def sample_flow_euler(
     for previews); it may raise (e.g. an interrupt) to stop sampling. The APG state is fresh here.
     """
     _check(noise, timesteps, context_latents)
-    passes = guidance_passes(guidance.text_scale, guidance.audio_scale, guidance.reference_passes)
+    passes = guidance.passes
     timesteps = timesteps.to(device=noise.device, dtype=torch.float32)
     x = write_context(noise.clone(), context_latents)
     state, total = APGState(), timesteps.numel() - 1

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import InputValidationError
-from .distill import _check_schedule
-from .guidance import APGState, GuidanceConfig, guidance_passes
+from .guidance import APGState, GuidanceConfig
 from .sampler import ModelFn, StepCallback, _check, guided_velocity, write_context
-from .schedule import MAX_STEPS, NUM_TRAIN_TIMESTEPS
+from .schedule import BASE_SHIFT_FIX, MAX_STEPS, NUM_TRAIN_TIMESTEPS, check_schedule
 
 # Wan's training table is σ = 1 − linspace(1, 1/1000, 1000) reversed, stored as float32: its largest
 # entry is float32(0.999) (λ = log 0 at σ = 1 would make the multistep ratios undefined).
@@ -41,7 +40,7 @@ def unipc_timesteps(steps: int, shift: float) -> torch.Tensor:
     σ = shift(linspace(0.999, 0, steps + 1)[:-1]) in float64, then 0 appended. Wan hands its DiT
     int64(1000·σ) (truncated) but steps with σ; this returns 1000·σ unrounded (float32).
     """
-    _check_schedule(steps, shift, MAX_STEPS, "Use 20-40 steps with UniPC for the base model.")
+    check_schedule(steps, shift, MAX_STEPS, "Use 20-40 steps with UniPC for the base model.", BASE_SHIFT_FIX)
     base = np.linspace(UNIPC_SIGMA_MAX, UNIPC_SIGMA_MIN, steps + 1)[:-1]
     sigmas = float(shift) * base / (1 + (float(shift) - 1) * base)
     t = np.concatenate([sigmas * NUM_TRAIN_TIMESTEPS, [0.0]]).astype(np.float32)
@@ -145,7 +144,7 @@ def sample_flow_unipc(
     timesteps = timesteps.to(device=noise.device, dtype=torch.float32)
     sigmas = (timesteps.double().cpu() / NUM_TRAIN_TIMESTEPS).tolist()
     _check_unipc(sigmas, order)
-    passes = guidance_passes(guidance.text_scale, guidance.audio_scale, guidance.reference_passes)
+    passes = guidance.passes
     x, state, total = write_context(noise.clone(), context_latents), APGState(), len(sigmas) - 1
     history: History = []
     last, last_order = x, 0

@@ -26,7 +26,7 @@ from ..color import match_colors_signed
 from ..errors import NonFiniteError
 from ..video.writer import frames_to_uint8_on_device
 from .conditioning import ChunkConditioning, build_conditioning, encode_clip, encode_context
-from .model_fn import PassBatching, make_model_fn
+from .model_fn import PassBatching, counting, make_model_fn
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE
 from .plan import ChunkPlan, StreamPlan, latent_frames_for
@@ -319,7 +319,7 @@ def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditionin
                              step_cache if isinstance(step_cache, TeaCache) else None)
     if isinstance(step_cache, EasyCache):
         model_fn = step_cache.wrap(model_fn)
-    model_fn, calls = _counting(model_fn)
+    model_fn, calls = counting(model_fn)
     shape = (16, latent_frames_for(run.plan.chunk_frames), *y.shape[-2:])
     extra = {}
     if settings.scheduler == "distill":  # fresh noise per step, from (seed, chunk, step): resumable
@@ -333,16 +333,6 @@ def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditionin
                  skipped, calls[0])
     return latents, calls[0], skipped
 
-
-def _counting(model_fn):
-    """model_fn that counts the guidance-pass evaluations requested of it -> (fn, [count])."""
-    calls = [0]
-
-    def counted(x, t, passes):
-        calls[0] += len(passes)
-        return model_fn(x, t, passes)
-
-    return counted, calls
 
 
 def check_finite(values: torch.Tensor, chunk: ChunkPlan, num_chunks: int, what: str) -> None:

@@ -77,6 +77,17 @@ def _teacache_forward(forward, model, cache: TeaCache):
     return cached
 
 
+def counting(model_fn):
+    """``model_fn`` that counts the guidance-pass evaluations asked of it -> (fn, [count])."""
+    calls = [0]
+
+    def counted(x, t, passes):
+        calls[0] += len(passes)
+        return model_fn(x, t, passes)
+
+    return counted, calls
+
+
 def make_model_fn(
     model,
     y: torch.Tensor,
@@ -121,4 +132,4 @@ def make_model_fn(
     return model_fn
 
 
-__all__ = ["PASS_INPUTS", "PassBatching", "make_model_fn"]
+__all__ = ["PASS_INPUTS", "PassBatching", "counting", "make_model_fn"]

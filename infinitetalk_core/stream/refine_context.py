@@ -10,7 +10,7 @@ from ..color import match_colors_signed
 from ..sampling.refine import refine_latents
 from ..sampling.seeds import refine_noise
 from .conditioning import encode_context, encode_y
-from .model_fn import make_model_fn
+from .model_fn import counting, make_model_fn
 from .plan import ChunkPlan
 
 
@@ -28,12 +28,7 @@ def refine_context_pixels(run, chunk: ChunkPlan, context_pixels: torch.Tensor, r
     positive, negative = run.text.for_chunk(chunk.index)
     model_fn = make_model_fn(run.model, y.to(device), None if clip is None else clip.to(device), audio,
                              positive.to(device), negative.to(device), run.masks, run.batching)
-    calls = [0]
-
-    def counted(x, t, passes):
-        calls[0] += len(passes)
-        return model_fn(x, t, passes)
-
+    counted, calls = counting(model_fn)
     noise = refine_noise(latents.shape, settings.seed, chunk.index, device)
     refined = refine_latents(counted, latents.to(device), noise, settings.refine, settings.guidance)
     pixels = run.vae.decode(refined).float()

@@ -228,11 +228,6 @@ class BackgroundCommitter:
         self._error: BaseException | None = None
         self._seconds = 0.0
 
-    @property
-    def in_flight(self) -> bool:
-        """A commit is still running on the worker thread."""
-        return self._thread is not None and self._thread.is_alive()
-
     def submit(self, result: ChunkResult) -> bool:
         """Start committing ``result`` once the previous commit has finished (and been reported).
 

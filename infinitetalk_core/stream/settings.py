@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from ..color import COLOR_METHODS as _MATCH_METHODS
 from ..color import COLOR_REFERENCES as _MATCH_REFERENCES
 from ..errors import InputValidationError
-from ..sampling.guidance import GuidanceConfig, guidance_passes
+from ..sampling.guidance import GuidanceConfig
 from .references import OVERFLOW_MODES, REFERENCE_STRATEGIES
 from ..sampling.schedulers import check_scheduler, scheduler_timesteps
 from ..sampling.seeds import chunk_seed
@@ -87,8 +87,7 @@ class StreamSettings:
     def cost_metadata(self, num_chunks: int) -> dict:
         """What the job costs in DiT pass calls, for the job manifest (refinement listed when on)."""
         g = self.guidance
-        out = {"dit_calls_per_chunk": self.steps * len(guidance_passes(g.text_scale, g.audio_scale,
-                                                                           g.reference_passes))}
+        out = {"dit_calls_per_chunk": self.steps * len(g.passes)}
         if self.refine.enabled:
             refined = [k for k in range(num_chunks) if self.refine.applies_to(k)]
             out["refinement"] = {"experimental": True, **asdict(self.refine), "refined_chunks": refined,
