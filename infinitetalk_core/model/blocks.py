@@ -138,7 +138,8 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         """x [B, L, dim] in the activation dtype, e0 [B, 6, dim] float32 -> [B, L, dim].
 
-        ``audio`` = {"tokens": per-sample [T, P·tokens, C], "grid": (T, h, w), "routing": ... | None}.
+        ``audio`` = {"tokens": per-sample [T, P·tokens, C], "grid": (T, h, w), "routing": ... | None,
+        optionally "gate": [1, L, 1] per-token factor of the audio cross-attention output}.
         """
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (cast_param(self.modulation, e0) + e0).chunk(
             6, 1
@@ -153,6 +154,8 @@ class DiTBlock(nn.Module):
             x_a = self.audio_cross_attn(
                 self.norm_x(x), audio["tokens"], audio["grid"], q_positions, backend, debug
             )
+            if audio.get("gate") is not None:  # dubbing one person: no audio outside the mask
+                x_a = x_a * audio["gate"]
             x = x + x_a
             if debug is not None:
                 debug["audio_attn_out"] = x_a

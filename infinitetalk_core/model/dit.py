@@ -211,6 +211,7 @@ class InfiniteTalkDiT(nn.Module):
         audio=None,
         ref_target_masks: torch.Tensor | None = None,
         *,
+        audio_gate: torch.Tensor | None = None,
         attention_backend: str | None = None,
         compute_dtype: torch.dtype | None = None,
         debug: dict | None = None,
@@ -223,6 +224,9 @@ class InfiniteTalkDiT(nn.Module):
         ``block_cache`` (step caches): with ``reuse`` set, every block is skipped and ``reuse`` is added
         to this call's patch tokens (text, CLIP and audio embeddings are skipped too: only the blocks use
         them); otherwise the blocks run and ``residual`` receives their output minus their input.
+        ``audio_gate`` [T, h/2, w/2] or [L] (one value per patch token, 0..1): multiplies every block's
+        audio cross-attention output per token, so tokens at 0 receive no audio at all (dubbing one
+        person among several).
         """
         cfg, batch, device = self.config, x.shape[0], x.device
         dtype = self._compute_dtype(x, compute_dtype)
@@ -254,6 +258,8 @@ class InfiniteTalkDiT(nn.Module):
         image = self.img_emb(_broadcast(clip_fea, batch, "clip_fea").to(device=device, dtype=dtype))
         ctx = torch.cat([image, text], dim=1).to(dtype)
         audio_kw, audio_tokens = self._audio_inputs(audio, ref_target_masks, batch, grid, dtype, device)
+        if audio_kw is not None and audio_gate is not None:
+            audio_kw["gate"] = _token_gate(audio_gate, grid, dtype, device)
         rope = self.rope_tables(grid, device, dtype)
         if debug is not None:
             debug.update(
@@ -313,6 +319,18 @@ class InfiniteTalkDiT(nn.Module):
         x = x.view(x.shape[0], *grid, pt, ph, pw, c)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # B C T pt H ph W pw
         return x.reshape(x.shape[0], c, *(n * p for n, p in zip(grid, (pt, ph, pw))))
+
+
+def _token_gate(gate: torch.Tensor, grid: tuple[int, int, int], dtype, device) -> torch.Tensor:
+    """[T, h/2, w/2] or [L] -> [1, L, 1] in the activation dtype (patch tokens in frame-row-column order)."""
+    tokens = grid[0] * grid[1] * grid[2]
+    if gate.numel() != tokens:
+        raise InputValidationError(
+            f"audio_gate has {gate.numel()} values ({list(gate.shape)}); the latent has {tokens} patch tokens "
+            f"({grid[0]} x {grid[1]} x {grid[2]}).",
+            "Give one gate value per patch token: [latent frames, h/2, w/2].",
+        )
+    return gate.reshape(1, tokens, 1).to(device=device, dtype=dtype)
 
 
 def _broadcast(value: torch.Tensor, batch: int, name: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputValidationError
 from .guidance import APGState, GuidanceConfig
-from .sampler import ModelFn, StepCallback, _check, guided_velocity, write_context
+from .sampler import ModelFn, Pin, StepCallback, _check, guided_velocity, settle
 from .schedule import NUM_TRAIN_TIMESTEPS, check_schedule, shift_timesteps
 
 MAX_DISTILL_STEPS = 50
@@ -79,6 +79,7 @@ def sample_flow_distill(
     guidance: GuidanceConfig = GuidanceConfig(1.0, 1.0),
     callback: StepCallback | None = None,
     step_noise: StepNoise | None = None,
+    pin: Pin | None = None,
 ) -> torch.Tensor:
     """Denoise one chunk with the step-distill update: [..., C, T, h, w] noise -> final latent.
 
@@ -93,7 +94,7 @@ def sample_flow_distill(
     passes = guidance.passes
     timesteps = timesteps.to(device=noise.device, dtype=torch.float32)
     sigmas = timesteps / NUM_TRAIN_TIMESTEPS
-    x, state = write_context(noise.clone(), context_latents), APGState()
+    x, state = settle(noise.clone(), context_latents, pin, sigmas[:1]), APGState()
     for i in range(total):
         t = timesteps[i : i + 1]
         v, state, terms = guided_velocity(model_fn, x, t, passes, guidance, state)
@@ -103,7 +104,7 @@ def sample_flow_distill(
         else:
             sigma_next = sigmas[i + 1 : i + 2]
             x = (1 - sigma_next) * denoised + sigma_next * _fresh_noise(step_noise, i, denoised)
-        x = write_context(x, context_latents)
+        x = settle(x, context_latents, pin, sigmas[i + 1 : i + 2])
         if callback is not None:
             callback({"step": i, "total": total, "t": t, "x_in": x_in, "x": x, "v": v,
                       "denoised": denoised, "guidance_terms": terms})

@@ -21,6 +21,7 @@ from .schedule import NUM_TRAIN_TIMESTEPS
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Sequence[str]], Mapping[str, torch.Tensor]]
 StepCallback = Callable[[dict[str, Any]], None]
+Pin = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, σ [1]) -> x with a region held (inpaint.py)
 
 
 def write_context(x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -28,6 +29,14 @@ def write_context(x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor
     if context is not None:
         x[..., : context.shape[-3], :, :] = context.to(device=x.device, dtype=x.dtype)
     return x
+
+
+def settle(x: torch.Tensor, context: torch.Tensor | None, pin: Pin | None, sigma: torch.Tensor) -> torch.Tensor:
+    """x at level σ after an update: the pinned region put back (``pin``, e.g. inpaint.SourcePin), then
+    the clean context frames written."""
+    if pin is not None:
+        x = pin(x, sigma)
+    return write_context(x, context)
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
@@ -72,22 +81,25 @@ def sample_flow_euler(
     context_latents: torch.Tensor | None = None,
     guidance: GuidanceConfig = GuidanceConfig(),
     callback: StepCallback | None = None,
+    pin: Pin | None = None,
 ) -> torch.Tensor:
     """Denoise one chunk: [..., C, T, h, w] noise -> final latent (context frames clean).
 
     timesteps: [S+1] from flow_timesteps (S steps). callback (optional) gets, after each step, a dict
     {step, total, t, x_in, x, v, denoised, guidance_terms} (denoised = x_in − σ·v, the x0 estimate
     for previews); it may raise (e.g. an interrupt) to stop sampling. The APG state is fresh here.
+    pin (optional): holds a region of x (e.g. on the noised source) at the start and after every update.
     """
     _check(noise, timesteps, context_latents)
     passes = guidance.passes
     timesteps = timesteps.to(device=noise.device, dtype=torch.float32)
-    x = write_context(noise.clone(), context_latents)
+    sigmas = timesteps / NUM_TRAIN_TIMESTEPS
+    x = settle(noise.clone(), context_latents, pin, sigmas[:1])
     state, total = APGState(), timesteps.numel() - 1
     for i in range(total):
         t, t_next = timesteps[i : i + 1], timesteps[i + 1 : i + 2]
         v, state, terms = guided_velocity(model_fn, x, t, passes, guidance, state)
-        x_in, x = x, write_context(euler_step(x, v, t, t_next), context_latents)
+        x_in, x = x, settle(euler_step(x, v, t, t_next), context_latents, pin, sigmas[i + 1 : i + 2])
         if callback is not None:
             sigma = t / NUM_TRAIN_TIMESTEPS
             callback({"step": i, "total": total, "t": t, "x_in": x_in, "x": x, "v": v,

@@ -23,7 +23,7 @@ import torch
 
 from ..errors import InputValidationError
 from .guidance import APGState, GuidanceConfig
-from .sampler import ModelFn, StepCallback, _check, guided_velocity, write_context
+from .sampler import ModelFn, Pin, StepCallback, _check, guided_velocity, settle
 from .schedule import BASE_SHIFT_FIX, MAX_STEPS, NUM_TRAIN_TIMESTEPS, check_schedule
 
 # Wan's training table is σ = 1 − linspace(1, 1/1000, 1000) reversed, stored as float32: its largest
@@ -133,19 +133,22 @@ def sample_flow_unipc(
     callback: StepCallback | None = None,
     order: int = 2,
     use_corrector: bool = True,
+    pin: Pin | None = None,
 ) -> torch.Tensor:
     """Denoise one chunk with UniPC (bh2, x0 prediction): [..., C, T, h, w] noise -> final latent.
 
     timesteps: [S+1] from unipc_timesteps. order: solver order 1..3 (Wan: 2). use_corrector=False
     gives plain UniP (order 1 is then Euler). callback: as sample_flow_euler's; x_in is the sample
-    the model saw (before correction), x the next one. Context frames stay clean.
+    the model saw (before correction), x the next one. Context frames stay clean; ``pin`` (optional)
+    holds a region after the start, every correction and every prediction.
     """
     _check(noise, timesteps, context_latents)
     timesteps = timesteps.to(device=noise.device, dtype=torch.float32)
     sigmas = (timesteps.double().cpu() / NUM_TRAIN_TIMESTEPS).tolist()
     _check_unipc(sigmas, order)
     passes = guidance.passes
-    x, state, total = write_context(noise.clone(), context_latents), APGState(), len(sigmas) - 1
+    level = timesteps / NUM_TRAIN_TIMESTEPS  # σ as tensors for the pin
+    x, state, total = settle(noise.clone(), context_latents, pin, level[:1]), APGState(), len(sigmas) - 1
     history: History = []
     last, last_order = x, 0
     for i in range(total):
@@ -154,10 +157,11 @@ def sample_flow_unipc(
         x_in, m = x, x - sigmas[i] * v
         if use_corrector and i > 0:
             corrected = _update(last, sigmas[i - 1], sigmas[i], history[-last_order:], m)
-            x = write_context(corrected, context_latents)
+            x = settle(corrected, context_latents, pin, level[i : i + 1])
         history = (history + [(sigmas[i], m)])[-order:]
         last, last_order = x, min(order, total - i, i + 1)
-        x = write_context(_predict(x, sigmas[i], sigmas[i + 1], history[-last_order:]), context_latents)
+        x = settle(_predict(x, sigmas[i], sigmas[i + 1], history[-last_order:]), context_latents, pin,
+                   level[i + 1 : i + 2])
         if callback is not None:
             callback({"step": i, "total": total, "t": t, "x_in": x_in, "x": x, "v": v,
                       "denoised": m, "guidance_terms": terms})

@@ -32,7 +32,7 @@ class PassBatching:
         self.enabled = enabled
 
 
-def _forward_fn(model, y, clip, audio, positive, negative, masks):
+def _forward_fn(model, y, clip, audio, positive, negative, masks, audio_gate=None):
     """forward(x, t, names, block_cache) -> [len(names), 16, T, h, w] for the named passes."""
     null_audio = torch.zeros_like(audio[:1])
 
@@ -43,6 +43,8 @@ def _forward_fn(model, y, clip, audio, positive, negative, masks):
     def forward(x, t, names, block_cache=None):
         contexts, audios = zip(*(inputs(n) for n in names))
         extra = {} if block_cache is None else {"block_cache": block_cache}
+        if audio_gate is not None:
+            extra["audio_gate"] = audio_gate
         return model(x.unsqueeze(0).expand(len(names), *x.shape), t.expand(len(names)), list(contexts),
                      clip_fea=clip, y=y.unsqueeze(0), audio=list(audios), ref_target_masks=masks, **extra)
 
@@ -98,16 +100,18 @@ def make_model_fn(
     masks: torch.Tensor,
     batch_passes: bool | PassBatching = True,
     teacache: TeaCache | None = None,
+    audio_gate: torch.Tensor | None = None,
 ):
     """The sampler's ``model_fn(x, t, passes) -> {pass: v}`` for one chunk.
 
     x [16, T, h, w]; y [20, T, h, w]; clip [1, 257, D]; audio [P, F, 5, L, C]. The null-audio passes
     get one zero speaker [1, F, 5, L, C] (reference). ``batch_passes`` runs all requested passes in one
     forward (B = number of passes), falling back to one forward per pass if that runs out of memory.
-    ``teacache``: this chunk's TeaCache state (None: every call runs every block).
+    ``teacache``: this chunk's TeaCache state (None: every call runs every block). ``audio_gate``:
+    per-token factor of the audio cross-attention (the DiT's ``audio_gate``; None: no gate).
     """
     batching = batch_passes if isinstance(batch_passes, PassBatching) else PassBatching(batch_passes)
-    forward = _forward_fn(model, y, clip, audio, positive, negative, masks)
+    forward = _forward_fn(model, y, clip, audio, positive, negative, masks, audio_gate)
     if teacache is not None:
         forward = _teacache_forward(forward, model, teacache)
 
