@@ -35,9 +35,9 @@ def window_rows(start: int, frames: int, total_frames: int, padding: str = "mirr
     """
     if padding not in PADDING_MODES:
         raise InputValidationError(f"unknown audio padding {padding!r}", f"Use one of {PADDING_MODES}.")
-    if total_frames < 1 or frames < 1 or start < 0:
+    if total_frames < 1 or frames < 1:  # start < 0 (a clip's continuation context) clamps to row 0
         raise InputValidationError(f"bad window request: start={start}, frames={frames}, "
-                                   f"audio frames={total_frames}", "start >= 0, frames >= 1, audio >= 1 frame.")
+                                   f"audio frames={total_frames}", "frames >= 1, audio >= 1 frame.")
     available = total_frames if available_rows is None else available_rows
     rows = np.arange(start, start + frames)[:, None] + np.array(WINDOW_OFFSETS)[None, :]
     rows = np.maximum(rows, 0)

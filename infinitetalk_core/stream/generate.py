@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +26,17 @@ from ..color import match_colors_signed
 from ..errors import NonFiniteError
 from ..video.writer import frames_to_uint8_on_device
 from .conditioning import ChunkConditioning, build_conditioning, encode_clip, encode_context
+from .dub import ChunkDub, chunk_dub, finish_dub
+from .dub_mask import DubMask
 from .model_fn import PassBatching, counting, make_model_fn
 from .hooks import ChunkProgress, GenerationInterrupted, ProgressClock, StepProgress, StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE
 from .plan import ChunkPlan, StreamPlan, latent_frames_for
 from .references import reference_frame_for_chunk
+from .source_cache import RecentFrames
 from .refine_context import refine_context_pixels
 from ..sampling.easycache import EasyCache
+from ..sampling.inpaint import noised_source, partial_timesteps
 from ..sampling.schedulers import scheduler_sampler, scheduler_timesteps
 from ..sampling.teacache import TeaCache
 from ..sampling.seeds import chunk_noise, step_noise
@@ -121,16 +125,24 @@ def generate_chunks(
     state: StreamState | None = None,
     hooks: StreamHooks | None = None,
     device: torch.device | str | None = None,
+    dub_mask: DubMask | None = None,
+    chunk_seeds: Mapping[int, int] | None = None,
+    previous_frames: torch.Tensor | None = None,
 ) -> Iterator[ChunkResult]:
     """Validate every input (InputValidationError before any work), then stream the chunks.
 
     model: InfiniteTalkDiT (or any module with its forward). audio_features: one [T, L, C] tensor per
     speaker (or [P, T, L, C]) with T == plan.num_audio_frames. ref_target_masks: [3, h, w] (required for
     two speakers; all ones by default). state: resume from a job directory (default: start at chunk 0).
-    device: where sampling runs (default: the model's parameters' device).
+    device: where sampling runs (default: the model's parameters' device). dub_mask: the region the
+    model may change (the rest stays the source, see dub.py); with ``settings.denoise`` < 1 each chunk
+    starts from the noised source. chunk_seeds: chunk index -> seed used for that chunk's noise instead
+    of ``settings.seed`` (a re-rolled chunk). previous_frames: [3, n >= M, H, W] in [-1, 1], the clip to
+    continue (its last M frames are chunk 0's context; needs a plan made with lead_context=True).
     """
     persons = validate_stream_inputs(
-        model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, state
+        model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, state,
+        dub_mask=dub_mask, previous_frames=previous_frames,
     )
     device = torch.device(device) if device is not None else next(model.parameters()).device
     h, w = (s // 8 for s in references.size)
@@ -147,9 +159,15 @@ def generate_chunks(
         masks.to(device),
         hooks or StreamHooks(),
         device,
-        scheduler_timesteps(settings.scheduler, settings.steps, settings.shift),
+        partial_timesteps(scheduler_timesteps(settings.scheduler, settings.steps, settings.shift),
+                          settings.denoise),
         PassBatching(settings.batch_passes),
+        RecentFrames.for_run(references, plan.context_frames),
+        dub_mask,
+        dict(chunk_seeds or {}),
     )
+    if state is None and previous_frames is not None:
+        state = StreamState(0, previous_frames[:, -plan.context_frames:].float().cpu().clone())
     return _stream(run, state or StreamState())
 
 
@@ -168,8 +186,14 @@ class _Run:
     masks: torch.Tensor
     hooks: StreamHooks
     device: torch.device
-    timesteps: torch.Tensor
+    timesteps: torch.Tensor  # the steps each chunk runs (the tail of the schedule when denoise < 1)
     batching: PassBatching
+    source: RecentFrames  # the reference source with a memory of recent frames
+    dub_mask: DubMask | None
+    chunk_seeds: dict[int, int]
+
+    def seed_for(self, chunk: int) -> int:
+        return self.chunk_seeds.get(chunk, self.settings.seed)
 
 
 def _sync(device: torch.device) -> float:
@@ -180,7 +204,7 @@ def _sync(device: torch.device) -> float:
 
 def _stream(run: _Run, state: StreamState) -> Iterator[ChunkResult]:
     plan, hooks = run.plan, run.hooks
-    clock = ProgressClock(state.next_chunk, plan.num_chunks, run.settings.steps)
+    clock = ProgressClock(state.next_chunk, plan.num_chunks, run.settings.sampled_steps)
     cache: dict[int, ChunkConditioning] = {}  # y and CLIP by reference index (reused while it repeats)
     try:
         for chunk in plan.chunks[state.next_chunk :]:
@@ -223,6 +247,7 @@ def _audio_windows(
 
 
 def _colour_reference(plan, chunk, references, settings, reference, state) -> torch.Tensor:
+    # references: the run's RecentFrames (the first chunk's frame is served from memory every chunk)
     """[3, R, H, W] frames whose colour statistics the chunk is matched to (see settings.COLOR_REFERENCES)."""
     if settings.color_reference == "chunk":
         return reference[:, None]
@@ -240,8 +265,11 @@ def _generate_chunk(
     t0 = _sync(device)
     run.hooks.stage("encoding_references", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
     ref_index = _reference_index(plan, chunk, references, settings)
-    reference = references.frame(ref_index).to(device=device, dtype=torch.float32)
-    context_pixels = reference[:, None] if chunk.is_first else state.context_pixels.to(device)
+    dub = chunk_dub(run, chunk, ref_index)  # the source clip first: a video source reads forwards only
+    reference = run.source.frame(ref_index).to(device=device, dtype=torch.float32)
+    # a new clip's chunk 0 has only its reference frame as context; every other chunk (a continued
+    # clip's chunk 0 too) has the last M frames before it
+    context_pixels = reference[:, None] if state.context_pixels is None else state.context_pixels.to(device)
     refine_calls = 0
     if settings.refine.applies_to(chunk.index):  # experimental: repair the context before it propagates
         run.hooks.stage("refining_context", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
@@ -255,21 +283,23 @@ def _generate_chunk(
 
     run.hooks.stage("sampling", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
     clock.start_sampling()
-    latents, calls, skipped = _sample_chunk(run, chunk, clock, (y, clip, audio, positive, negative), context)
+    latents, calls, skipped = _sample_chunk(run, chunk, clock, (y, clip, audio, positive, negative), context,
+                                            dub)
     t2 = _sync(device)
     timings["dit"] = t2 - t1
     check_finite(latents, chunk, plan.num_chunks, "latents")
 
-    run.hooks.stage("decoding", chunk.index, plan.num_chunks, clock.eta(chunk.index, settings.steps))
+    run.hooks.stage("decoding", chunk.index, plan.num_chunks, clock.eta(chunk.index, settings.sampled_steps))
     pixels = run.vae.decode(latents).float()
     check_finite(pixels, chunk, plan.num_chunks, "decoded frames")
     t3 = _sync(device)
     timings["vae"] += t3 - t2
     if settings.colour_enabled:
-        target = _colour_reference(plan, chunk, references, settings, reference, state)
+        target = _colour_reference(plan, chunk, run.source, settings, reference, state)
         pixels = match_colors_signed(
             pixels, target.to(pixels.device), settings.color_method, settings.color_strength
         )
+    pixels = finish_dub(dub, pixels)  # the very last step: nothing touches the kept source again
     t4 = _sync(device)
     timings["colour"] = t4 - t3
 
@@ -304,28 +334,33 @@ def _refine(run: _Run, chunk: ChunkPlan, state: StreamState, reference: torch.Te
     """The chunk's context after refinement (colour-corrected like any context) and its DiT pass calls."""
     s = run.settings
     clip = cached.clip_features if cached is not None else encode_clip(run.image_encoder, reference)
-    target = _colour_reference(run.plan, chunk, run.references, s, reference, state) if s.colour_enabled else None
+    target = _colour_reference(run.plan, chunk, run.source, s, reference, state) if s.colour_enabled else None
     return refine_context_pixels(run, chunk, context_pixels, reference, clip, target)
 
 
-def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor
-                  ) -> tuple[torch.Tensor, int, int]:
+def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor,
+                  dub: ChunkDub | None = None) -> tuple[torch.Tensor, int, int]:
     """Denoise one chunk with the run's scheduler and a fresh step cache -> (latents, pass calls, skipped)."""
     settings, device, num_chunks = run.settings, run.device, run.plan.num_chunks
     y, clip, audio, positive, negative = conditioning
-    step_cache = settings.step_cache.new_state(settings.steps)
+    step_cache = settings.step_cache.new_state(settings.sampled_steps)
+    gate = None if dub is None or len(run.persons) > 1 else dub.audio_gate
     model_fn = make_model_fn(run.model, y.to(device), None if clip is None else clip.to(device), audio,
                              positive.to(device), negative.to(device), run.masks, run.batching,
-                             step_cache if isinstance(step_cache, TeaCache) else None)
+                             step_cache if isinstance(step_cache, TeaCache) else None, gate)
     if isinstance(step_cache, EasyCache):
         model_fn = step_cache.wrap(model_fn)
     model_fn, calls = counting(model_fn)
     shape = (16, latent_frames_for(run.plan.chunk_frames), *y.shape[-2:])
-    extra = {}
+    seed, extra = run.seed_for(chunk.index), {}
     if settings.scheduler == "distill":  # fresh noise per step, from (seed, chunk, step): resumable
-        extra["step_noise"] = lambda i: step_noise(shape, settings.seed, chunk.index, i, device)
+        extra["step_noise"] = lambda i: step_noise(shape, seed, chunk.index, i, device)
+    noise = chunk_noise(shape, seed, chunk.index, device)
+    start = noise
+    if dub is not None:
+        start, extra["pin"] = _dub_start(dub, noise, run.timesteps, settings.denoise)
     latents = scheduler_sampler(settings.scheduler)(
-        model_fn, chunk_noise(shape, settings.seed, chunk.index, device), run.timesteps, context.to(device),
+        model_fn, start, run.timesteps, context.to(device),
         settings.guidance, _step_callback(run.hooks, clock, chunk.index, num_chunks), **extra)
     skipped = 0 if step_cache is None else step_cache.skipped
     if step_cache is not None:
@@ -333,6 +368,14 @@ def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditionin
                  skipped, calls[0])
     return latents, calls[0], skipped
 
+
+
+def _dub_start(dub: ChunkDub, noise: torch.Tensor, timesteps: torch.Tensor, denoise: float):
+    """(the chunk's starting latent, the sampler's pin or None) for a dub (see dub.py)."""
+    start = noise
+    if denoise < 1.0:  # the source's own motion, noised to the first step that runs
+        start = noised_source(dub.source_latents, noise, timesteps[:1].to(noise.device) / 1000.0)
+    return start, dub.pin(noise)
 
 
 def check_finite(values: torch.Tensor, chunk: ChunkPlan, num_chunks: int, what: str) -> None:

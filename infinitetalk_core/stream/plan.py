@@ -8,6 +8,11 @@ chunk's tail (its context frames). The stitched output is cut to the audio lengt
 Differences from the reference (deliberate, documented):
 - audio of F frames or fewer is accepted (one chunk, trimmed); the reference asserts N > F;
 - the plan is computed up front and the output length is always exactly ``min(N, max_frames)``.
+
+Continuing an existing clip (``lead_context``): the previous clip's last M frames are the context of
+chunk 0 too, so every chunk is a continuation: chunk k covers global frames [k(F−M) − M, k(F−M) − M + F)
+and keeps [M, F). Chunk 0 starts M frames before the audio; those context frames hear the audio's first
+frame (feature rows before the start clamp to row 0) and are never output.
 """
 from __future__ import annotations
 
@@ -82,6 +87,7 @@ class StreamPlan:
     max_frames: int | None
     output_frames: int
     chunks: tuple[ChunkPlan, ...]
+    lead_context: bool = False  # chunk 0 continues a previous clip (its last M frames are the context)
 
     @property
     def stride(self) -> int:
@@ -104,7 +110,10 @@ class StreamPlan:
                 f"output frame {frame} is outside the video (0..{self.output_frames - 1}).",
                 "Ask for a frame index inside the planned output.",
             )
-        index = 0 if frame < self.chunk_frames else (frame - self.context_frames) // self.stride
+        if self.lead_context:
+            index = frame // self.stride
+        else:
+            index = 0 if frame < self.chunk_frames else (frame - self.context_frames) // self.stride
         return self.chunks[min(index, len(self.chunks) - 1)]
 
 
@@ -145,13 +154,15 @@ def validate_chunk_settings(chunk_frames: int, context_frames: int) -> None:
 
 
 def plan_chunks(
-    num_audio_frames: int, chunk_frames: int = 81, context_frames: int = 9, max_frames: int | None = None
+    num_audio_frames: int, chunk_frames: int = 81, context_frames: int = 9, max_frames: int | None = None,
+    lead_context: bool = False,
 ) -> StreamPlan:
     """Plan every chunk of a stream whose output is exactly min(num_audio_frames, max_frames) frames.
 
     Chunk k starts at global frame k·(F−M); the first keeps local frames [0, F), later ones [M, F),
     the last one is trimmed to the output length. Number of chunks: 1 if the output fits in one chunk,
-    else 1 + ceil((out − F) / (F − M)) (the reference's count).
+    else 1 + ceil((out − F) / (F − M)) (the reference's count). ``lead_context``: continue a previous
+    clip (see the module docstring): ceil(out / (F − M)) chunks, each keeping [M, F).
     """
     _check_int("num_audio_frames", num_audio_frames, 1)
     validate_chunk_settings(chunk_frames, context_frames)
@@ -159,18 +170,24 @@ def plan_chunks(
         _check_int("max_frames", max_frames, 1)
     out = num_audio_frames if max_frames is None else min(num_audio_frames, max_frames)
     stride = chunk_frames - context_frames
-    count = 1 if out <= chunk_frames else 1 + -(-(out - chunk_frames) // stride)
+    if not isinstance(lead_context, bool):
+        raise InputValidationError(f"lead_context must be True or False, got {lead_context!r}.", "Pass a bool.")
+    if lead_context:
+        count = -(-out // stride)
+    else:
+        count = 1 if out <= chunk_frames else 1 + -(-(out - chunk_frames) // stride)
     chunks = tuple(
-        _chunk(k, out, num_audio_frames, chunk_frames, context_frames) for k in range(count)
+        _chunk(k, out, num_audio_frames, chunk_frames, context_frames, lead_context) for k in range(count)
     )
-    return StreamPlan(num_audio_frames, chunk_frames, context_frames, max_frames, out, chunks)
+    return StreamPlan(num_audio_frames, chunk_frames, context_frames, max_frames, out, chunks, lead_context)
 
 
-def _chunk(index: int, out: int, n_audio: int, f: int, m: int) -> ChunkPlan:
-    start = index * (f - m)
-    keep_start = 0 if index == 0 else m
+def _chunk(index: int, out: int, n_audio: int, f: int, m: int, lead: bool = False) -> ChunkPlan:
+    start = index * (f - m) - (m if lead else 0)
+    fresh = index == 0 and not lead  # chunk 0 of a new clip: its context is the reference frame alone
+    keep_start = 0 if fresh else m
     keep_stop = min(f, out - start)
-    context = 1 if index == 0 else m
+    context = 1 if fresh else m
     return ChunkPlan(
         index=index,
         start=start,

@@ -41,8 +41,9 @@ MAX_SOURCE_FPS = 1000.0
 
 
 def source_index_at_time(seconds: float, source_fps: float | Fraction) -> int:
-    """Index of the source frame on screen at ``seconds`` (>= 0) in a video of ``source_fps``."""
-    return int(math.floor(float(seconds) * float(source_fps) + _EPS))
+    """Index of the source frame on screen at ``seconds`` in a video of ``source_fps`` (frame 0 before
+    the start: a continued clip's context frames come before the source's time 0)."""
+    return max(0, int(math.floor(float(seconds) * float(source_fps) + _EPS)))
 
 
 def wrap_frame_index(index: int, source_frames: int, overflow: OverflowMode = "hold") -> int:
@@ -103,6 +104,21 @@ def reference_frame_for_chunk(
     _validate(source_frames, source_fps, strategy, overflow)
     seconds = Fraction(_anchor_frame(chunk, chunk_frames, strategy), FPS)
     return wrap_frame_index(source_index_at_time(seconds, source_fps), source_frames, overflow)
+
+
+def source_indices_for_chunk(
+    chunk: ChunkPlan,
+    source_frames: int,
+    source_fps: float | Fraction = FPS,
+    overflow: OverflowMode = "hold",
+) -> list[int]:
+    """The source frame on screen at each of ``chunk``'s frames (global frame g at time g/25), wrapped
+    past the source's end like the reference frames: what a dub keeps or starts from, frame by frame."""
+    _validate(source_frames, source_fps, "chunk_start", overflow)
+    return [
+        wrap_frame_index(source_index_at_time(Fraction(g, FPS), source_fps), source_frames, overflow)
+        for g in range(chunk.start, chunk.stop)
+    ]
 
 
 def reference_frame_indices(

@@ -9,6 +9,7 @@ from ..color import COLOR_METHODS as _MATCH_METHODS
 from ..color import COLOR_REFERENCES as _MATCH_REFERENCES
 from ..errors import InputValidationError
 from ..sampling.guidance import GuidanceConfig
+from ..sampling.inpaint import check_denoise, denoise_start_step
 from .references import OVERFLOW_MODES, REFERENCE_STRATEGIES
 from ..sampling.schedulers import check_scheduler, scheduler_timesteps
 from ..sampling.seeds import chunk_seed
@@ -41,12 +42,14 @@ class StreamSettings:
     step_cache: StepCacheSettings = field(default_factory=StepCacheSettings)
     scheduler: str = "flow_euler"  # sampling.schedulers.SCHEDULERS
     refine: RefineSettings = field(default_factory=RefineSettings)  # experimental context refinement
+    denoise: float = 1.0  # < 1: start each chunk from the noised source video latents (dubbing)
 
     def validate(self) -> None:
         """Raise InputValidationError naming the first bad setting (cheap; no model needed)."""
         check_scheduler(self.scheduler)
         scheduler_timesteps(self.scheduler, self.steps, self.shift)
         chunk_seed(self.seed, 0)
+        check_denoise(self.denoise)
         if not isinstance(self.guidance, GuidanceConfig):
             raise InputValidationError(
                 f"guidance must be a GuidanceConfig, got {type(self.guidance).__name__}.",
@@ -68,7 +71,7 @@ class StreamSettings:
                 f"step_cache must be a StepCacheSettings, got {type(self.step_cache).__name__}.",
                 "Build it with StepCacheSettings(method=...).",
             )
-        self.step_cache.validate(self.steps, self.scheduler)
+        self.step_cache.validate(self.sampled_steps, self.scheduler)
         if not isinstance(self.refine, RefineSettings):
             raise InputValidationError(
                 f"refine must be a RefineSettings, got {type(self.refine).__name__}.",
@@ -81,13 +84,18 @@ class StreamSettings:
             )
 
     @property
+    def sampled_steps(self) -> int:
+        """Steps each chunk runs: all ``steps``, or the last round(steps·denoise) of them."""
+        return self.steps - denoise_start_step(self.steps, self.denoise)
+
+    @property
     def colour_enabled(self) -> bool:
         return self.color_method != "none" and self.color_strength > 0
 
     def cost_metadata(self, num_chunks: int) -> dict:
         """What the job costs in DiT pass calls, for the job manifest (refinement listed when on)."""
         g = self.guidance
-        out = {"dit_calls_per_chunk": self.steps * len(g.passes)}
+        out = {"dit_calls_per_chunk": self.sampled_steps * len(g.passes)}
         if self.refine.enabled:
             refined = [k for k in range(num_chunks) if self.refine.applies_to(k)]
             out["refinement"] = {"experimental": True, **asdict(self.refine), "refined_chunks": refined,
@@ -105,6 +113,8 @@ class StreamSettings:
             del out["scheduler"]
         if not self.refine.enabled:
             del out["refine"]
+        if self.denoise == 1.0:
+            del out["denoise"]
         return out
 
 

@@ -125,8 +125,47 @@ def _check_state(state, plan: StreamPlan, size: tuple[int, int]) -> None:
             _fail(f"Resume state holds context frames {got}; expected {expected}.", "Start a new job.")
 
 
+def _check_dub(dub_mask, references, settings: StreamSettings) -> None:
+    if settings.denoise < 1.0 and references.num_frames < 2:
+        _fail(
+            f"denoise {settings.denoise:g} starts every chunk from the source video's frames, but the source "
+            "is a single image.",
+            "Set denoise to 1.0 for an image, or load a source video (Reference Sampler's video input).",
+        )
+    if dub_mask is None:
+        return
+    from .dub_mask import DubMask  # lazy: torch-only module, kept out of the validation import chain
+
+    if not isinstance(dub_mask, DubMask):
+        _fail(f"dub_mask must be a DubMask, got {type(dub_mask).__name__}.", "Build it with DubMask(...).")
+    if dub_mask.size != tuple(references.size):
+        _fail(f"The dub mask is {dub_mask.size[1]}x{dub_mask.size[0]} but the frames are "
+              f"{references.size[1]}x{references.size[0]}.", "Build it with DubMask.from_source_masks(masks, size).")
+    if dub_mask.num_frames not in (1, references.num_frames):
+        _fail(f"dub_mask has {dub_mask.num_frames} masks but the source has {references.num_frames} frames.",
+              "Give one mask for the whole video, or exactly one mask per source frame.")
+
+
+def _check_previous(previous, plan: StreamPlan, size: tuple[int, int]) -> None:
+    if (previous is not None) != plan.lead_context:
+        _fail("previous_frames and a plan with lead_context go together.",
+              "Plan with plan_chunks(..., lead_context=True) when continuing a clip, and only then.")
+    if previous is None:
+        return
+    if not isinstance(previous, torch.Tensor) or previous.ndim != 4 or previous.shape[0] != 3 \
+            or tuple(previous.shape[-2:]) != tuple(size):
+        _fail(f"previous_frames must be [3, frames, {size[0]}, {size[1]}], got "
+              f"{tuple(getattr(previous, 'shape', ()))}.", "Resize the clip to the output size first.")
+    if previous.shape[1] < plan.context_frames:
+        _fail(f"previous_frames has {previous.shape[1]} frames; continuing a clip needs at least the "
+              f"{plan.context_frames} context frames.", "Connect a longer clip, or lower context_frames.")
+    if not torch.isfinite(previous).all():
+        _fail("previous_frames contains NaN or infinite values.", "Check the node that makes the frames.")
+
+
 def validate_stream_inputs(
-    model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, state
+    model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, state,
+    *, dub_mask=None, previous_frames=None,
 ) -> list[torch.Tensor]:
     """Raise InputValidationError for the first bad input; returns the per-speaker audio features."""
     if not isinstance(settings, StreamSettings):
@@ -147,4 +186,6 @@ def validate_stream_inputs(
         )
     _check_masks(ref_target_masks, len(persons), tuple(references.size))
     _check_state(state, plan, tuple(references.size))
+    _check_dub(dub_mask, references, settings)
+    _check_previous(previous_frames, plan, tuple(references.size))
     return persons

@@ -97,8 +97,14 @@ def test_persons_are_stacked_in_order():
 def test_window_errors():
     with pytest.raises(InputValidationError, match="mirror"):
         window_rows(0, 81, 100, padding="reflect")
-    with pytest.raises(InputValidationError, match="start"):
-        window_rows(-1, 81, 100)
+    with pytest.raises(InputValidationError, match="frames"):
+        window_rows(0, 0, 100)
+
+
+def test_windows_before_the_audio_start_clamp_to_row_zero():
+    """A continued clip's context frames come before the audio: they hear its first row."""
+    rows = window_rows(-3, 5, 100)
+    assert rows[0].tolist() == [0, 0, 0, 0, 0] and rows[-1].tolist() == [0, 0, 1, 2, 3]
     with pytest.raises(InputValidationError, match="total_frames"):
         chunk_audio_windows(torch.zeros(10, 2, 4), 0, 5, total_frames=11)
     with pytest.raises(InputValidationError, match=r"\[T, L, C\]"):

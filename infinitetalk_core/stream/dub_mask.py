@@ -1,0 +1,122 @@
+"""The region a dub may change (``dub_mask``), on the three grids it acts on, and the final composite.
+
+A dub mask is 1 where the model generates (the face, the speaker) and 0 where the source is kept. It is
+one [H, W] mask or one mask per source frame; per chunk frame it is picked by time like the source
+frames (``references.source_indices_for_chunk``). From the pixel masks of a chunk:
+
+- latent grid (``latent_keep``): a latent pixel is generated if any of its pixels (8x8, and the 4 frames
+  folded into it; latent frame 0 is pixel frame 0 alone) is; elsewhere the sampler keeps the noised
+  source (``sampling.inpaint.SourcePin``);
+- token grid (``token_gate``): a patch token (2x2 latent pixels) hears the audio if any of its latent
+  pixels is generated; the DiT multiplies its audio cross-attention output by this gate;
+- pixels (``feather_alpha`` + ``composite``): the decoded, colour-corrected frames are laid onto the
+  source frames through the mask feathered *inwards* (eroded by the feather radius, then blurred within
+  it), so every pixel outside the mask is the source pixel exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputValidationError
+from .host import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, tensor_digest
+from .sources import resize_crop_pixels
+
+MAX_FEATHER = 256
+TOKEN_PATCH = 2  # the DiT's spatial patch size (latent pixels per token side)
+
+
+class DubMask:
+    """Dub masks at the output size: [N, H, W] float32 in [0, 1], N = 1 (static) or one per source frame.
+
+    ``feather``: the composite's soft edge in output pixels (0 = hard edge), inside the mask.
+    """
+
+    def __init__(self, masks: torch.Tensor, feather: int = 0):
+        if not isinstance(masks, torch.Tensor) or masks.ndim != 3 or min(masks.shape) < 1:
+            got = getattr(masks, "shape", type(masks).__name__)
+            raise InputValidationError(f"dub_mask must be [frames, height, width], got {got}.",
+                                       "Connect a MASK (one mask, or one per source frame).")
+        if not torch.isfinite(masks).all():
+            raise InputValidationError("dub_mask contains NaN or infinite values.", "Check the mask nodes.")
+        if isinstance(feather, bool) or not isinstance(feather, int) or not 0 <= feather <= MAX_FEATHER:
+            raise InputValidationError(f"mask_feather must be an integer in 0..{MAX_FEATHER}, got {feather!r}.",
+                                       "Use 0 for a hard edge, 8-24 pixels for a soft one.")
+        self.masks, self.feather = masks.float().clamp(0, 1).contiguous(), feather
+
+    @classmethod
+    def from_source_masks(cls, masks: torch.Tensor, size: tuple[int, int], feather: int = 0) -> "DubMask":
+        """ComfyUI MASK [H, W] or [N, H, W] drawn on the source frames -> masks at ``size`` (height, width),
+        through the same cover-resize and centre crop as the frames."""
+        masks = masks[None] if masks.ndim == 2 else masks
+        if masks.ndim != 3:
+            raise InputValidationError(f"dub_mask must be [height, width] or [frames, height, width], got "
+                                       f"{list(masks.shape)}.", "Connect a ComfyUI MASK.")
+        resized = [resize_crop_pixels(m[None].float(), *size)[0] for m in masks]
+        return cls(torch.stack(resized), feather)
+
+    @property
+    def num_frames(self) -> int:
+        return self.masks.shape[0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.masks.shape[-2:])
+
+    def pixel_masks(self, source_indices: Sequence[int], device=None) -> torch.Tensor:
+        """[F, H, W]: the mask of each chunk frame, given the source frame each frame shows."""
+        if self.num_frames == 1:
+            return self.masks.to(device).expand(len(source_indices), *self.size)
+        return self.masks[torch.as_tensor(list(source_indices))].to(device)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"dub_mask|{self.feather}|".encode() + tensor_digest(self.masks).encode()).hexdigest()
+
+
+def latent_keep(pixel_masks: torch.Tensor) -> torch.Tensor:
+    """[F, H, W] pixel masks (F = 4n+1) -> [1, n+1, H/8, W/8]: 1 where every folded pixel is outside the
+    mask (the sampler keeps the source there), else 1 − the largest mask value among them."""
+    first, rest = pixel_masks[:1], pixel_masks[1:]
+    if rest.shape[0] % VAE_TIME_STRIDE:
+        raise InputValidationError(f"{pixel_masks.shape[0]} mask frames are not 4n+1.", "Give one per chunk frame.")
+    folded = rest.reshape(-1, VAE_TIME_STRIDE, *rest.shape[1:]).amax(1)
+    frames = torch.cat([first, folded])  # [T, H, W]
+    pooled = F.max_pool2d(frames[:, None], VAE_SPACE_STRIDE)[:, 0]
+    return (1 - pooled)[None]
+
+
+def token_gate(keep: torch.Tensor) -> torch.Tensor:
+    """[1, T, h, w] latent keep mask -> [T, h/2, w/2] audio gate (1 − keep, max over each token's pixels)."""
+    return F.max_pool2d(1 - keep[0][:, None], TOKEN_PATCH)[:, 0]
+
+
+def _gaussian_kernel(radius: int, device) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / max(radius / 2, 0.5)) ** 2)
+    return k / k.sum()
+
+
+def feather_alpha(pixel_masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """[F, H, W] -> [F, H, W] composite weights: the mask eroded by ``radius`` then blurred within
+    ``radius`` (support ``radius``), so the weight is exactly 0 wherever the mask is 0."""
+    if radius <= 0:
+        return pixel_masks
+    size = 2 * radius + 1
+    eroded = -F.max_pool2d(-pixel_masks[:, None], size, stride=1, padding=radius)
+    kernel = _gaussian_kernel(radius, pixel_masks.device)
+    padded = F.pad(eroded, (radius, radius, radius, radius), mode="replicate")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1))
+    return torch.minimum(blurred[:, 0].clamp_(0, 1), pixel_masks)
+
+
+def composite(generated: torch.Tensor, source: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """generated·α + source·(1 − α) per pixel: [3, F, H, W] each, α [F, H, W]; the source exactly at α = 0."""
+    a = alpha[None].to(generated)
+    return generated * a + source.to(generated) * (1 - a)
+
+
+__all__ = ["DubMask", "MAX_FEATHER", "composite", "feather_alpha", "latent_keep", "token_gate"]
