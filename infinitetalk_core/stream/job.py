@@ -15,6 +15,7 @@ the newest intact state before it (one every ``CHECKPOINT_EVERY`` chunks, plus t
 the chunks after it become *pending*, and each regenerated chunk whose frames and state equal the
 pending record keeps it; once the damaged one is rewritten and the rest are intact, the job jumps
 back to its newest state. A job folder belongs to one set of inputs; other inputs are refused.
+A re-roll (reroll.py) rewinds a job on purpose with ``truncate``, under the same rules.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def _sha(data: bytes) -> str:
 
 def _is_checkpoint(index: int) -> bool:
     return (index + 1) % CHECKPOINT_EVERY == 0
+
+
+def _state_file(index: int) -> str:
+    return f"state/{index:05d}.safetensors"
+
+
+def _state_bytes(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    return save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
 
 
 class JobDirectory:
@@ -153,7 +162,8 @@ class JobDirectory:
     def _chunk_intact(self, rec: ChunkRecord) -> bool:
         return self._file_intact(rec.file, rec.sha256, rec.size)
 
-    def _state_intact(self, index: int) -> bool:
+    def has_state(self, index: int) -> bool:
+        """True when the carry state after chunk ``index`` is recorded and its file is intact."""
         rec = self.manifest.states.get(index)
         return rec is not None and self._file_intact(rec.file, rec.sha256)
 
@@ -164,11 +174,11 @@ class JobDirectory:
             raise JobDamagedError(f"The manifest of job folder '{self.path.name}' lists chunks out of order.",
                                   "Move that job folder away (or delete it) to start over.")
         bad = next((r.index for r in chunks if not self._chunk_intact(r)), None)
-        if chunks and not self._state_intact(chunks[-1].index):
+        if chunks and not self.has_state(chunks[-1].index):
             bad = chunks[-1].index if bad is None else bad
         if bad is None:
             return
-        restart = max((i for i in self.manifest.states if i < bad and self._state_intact(i)), default=-1)
+        restart = max((i for i in self.manifest.states if i < bad and self.has_state(i)), default=-1)
         log.warning("job %s: chunk %d is damaged; regenerating from chunk %d (checkpoint), reusing every "
                     "chunk that comes out identical", self.path.name, bad, restart + 1)
         self.manifest.pending = chunks[restart + 1:] + self.manifest.pending
@@ -209,21 +219,49 @@ class JobDirectory:
         """Persist chunk ``index``: kept frames (uint8 [n, H, W, 3]) and carry state, then mark it done."""
         self._check_commit(index, frames)
         content = _sha(np.ascontiguousarray(frames).tobytes())
-        state_bytes = save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
+        state_bytes = _state_bytes(state)
         state_sha = _sha(state_bytes)
         self._doomed: list[str] = []
         record = self._reuse_pending(index, content, state_sha) or self._write_chunk(index, frames, content, state_sha)
-        state_file = f"state/{index:05d}.safetensors"
+        state_file = _state_file(index)
         write_atomic(self.path / state_file, state_bytes)
         self.manifest.chunks.append(record)
         self.manifest.states[index] = StateRecord(state_file, state_sha)
         self._fast_forward()
         self._doomed += [self.manifest.states.pop(i).file for i in self._obsolete_states()]
         self._save_manifest()
+        self._delete_unnamed(self._doomed)
+
+    def _delete_unnamed(self, names: list[str]) -> None:
+        """Delete those of ``names`` the (already saved) manifest no longer names."""
         named = {r.file for r in self.manifest.chunks + self.manifest.pending}
         named |= {r.file for r in self.manifest.states.values()}
-        for name in set(self._doomed) - named:  # the manifest no longer names them: safe to delete now
+        for name in set(names) - named:  # the manifest no longer names them: safe to delete now
             (self.path / name).unlink(missing_ok=True)
+
+    # -- rewriting history (re-roll) -----------------------------------------------------------------
+    def save_state(self, index: int, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Record ``tensors`` as the carry state after finished chunk ``index`` (file written atomically,
+        then the manifest). Used to replace a pruned or damaged state, never an intact one."""
+        if not 0 <= index < self.chunks_done or self.has_state(index):
+            raise GenerationError(f"save_state({index}): not done, or intact.",
+                                  "This is a bug in the caller.")
+        data = _state_bytes(tensors)
+        write_atomic(self.path / _state_file(index), data)
+        self.manifest.states[index] = StateRecord(_state_file(index), _sha(data))
+        self._save_manifest()
+
+    def truncate(self, from_chunk: int) -> None:
+        """Forget chunks >= ``from_chunk``, any pending repair and their states (earlier chunks' states
+        stay). The manifest is saved first; the files it no longer names are deleted after that."""
+        if not 0 <= from_chunk <= self.chunks_done:
+            raise GenerationError(f"truncate({from_chunk}) with {self.chunks_done} chunks done.",
+                                  "This is a bug in the caller.")
+        dropped = [r.file for r in self.manifest.chunks[from_chunk:] + self.manifest.pending]
+        dropped += [self.manifest.states.pop(i).file for i in sorted(self.manifest.states) if i >= from_chunk]
+        self.manifest.chunks, self.manifest.pending = self.manifest.chunks[:from_chunk], []
+        self._save_manifest()
+        self._delete_unnamed(dropped)
 
     def _obsolete_states(self) -> list[int]:
         """States no longer needed: all but the two newest chunks', the checkpoints and pending ones."""
@@ -274,7 +312,7 @@ class JobDirectory:
         pending = self.manifest.pending
         if not pending or pending[0].index != self.chunks_done:
             return
-        if all(self._chunk_intact(r) for r in pending) and self._state_intact(pending[-1].index):
+        if all(self._chunk_intact(r) for r in pending) and self.has_state(pending[-1].index):
             log.info("job %s: repaired; continuing after chunk %d", self.path.name, pending[-1].index)
             self.manifest.chunks.extend(pending)
             self.manifest.pending = []
@@ -300,10 +338,11 @@ class JobDirectory:
         for rec in list(self.manifest.chunks):
             yield self.read_chunk(rec)
 
-    def last_frames(self, count: int) -> np.ndarray:
-        """The last ``count`` frames (decodes only the chunks needed, newest first)."""
+    def last_frames(self, count: int, before: int | None = None) -> np.ndarray:
+        """The last ``count`` frames of the chunks before chunk ``before`` (default: of all finished
+        chunks); decodes only the chunks needed, newest first. Fewer frames when there are fewer."""
         parts, have = [], 0
-        for rec in reversed(self.manifest.chunks):
+        for rec in reversed(self.manifest.chunks[:before]):
             if have >= count:
                 break
             parts.insert(0, self.read_chunk(rec))

@@ -4,6 +4,8 @@ Format 2 (this release) stores chunks as compressed video files with the SHA-256
 and of the uint8 frames before encoding (``content``: what bit-identical resume is checked against),
 and the carry state of some chunks (the newest, plus a checkpoint every few chunks from which a
 damaged chunk can be regenerated). Format 1 folders (raw .npy chunks, one state) still open.
+``rerolls`` (chunk index -> the seed that chunk was regenerated with, see stream/reroll.py) is written
+only when there is one, so the manifest of a job that was never re-rolled is unchanged.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 from ..errors import JobDamagedError
+from ..sampling.seeds import MAX_SEED
 
 FORMAT_VERSION = 2
 _CHUNK_FILE = re.compile(r"chunks/\d{5,}\.(mkv|npy)")
 _STATE_FILE = re.compile(r"state/\d{5,}\.safetensors")
 READABLE_FORMATS = (1, 2)
+_MOVE_AWAY = "Move that job folder away (or delete it) to start over."
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,10 @@ class JobManifest:
     states: dict[int, StateRecord] = field(default_factory=dict)  # chunk index -> state after it
     pending: list[ChunkRecord] = field(default_factory=list)  # chunks being re-verified after damage
     format: int = FORMAT_VERSION
+    rerolls: dict[int, int] = field(default_factory=dict)  # chunk index -> seed used instead of the run's
 
     def to_json(self) -> str:
+        """The manifest as JSON; ``rerolls`` only when non-empty (older jobs' manifests stay the same)."""
         body = {
             "format": FORMAT_VERSION,  # a resumed format-1 job is written as format 2 from then on
             "fingerprint": self.fingerprint,
@@ -80,6 +86,8 @@ class JobManifest:
             "states": {str(k): asdict(v) for k, v in sorted(self.states.items())},
             "pending": [asdict(c) for c in self.pending],
         }
+        if self.rerolls:
+            body["rerolls"] = {str(k): v for k, v in sorted(self.rerolls.items())}
         return json.dumps(body, indent=1, sort_keys=True)
 
     @classmethod
@@ -97,8 +105,9 @@ class JobManifest:
                 states[chunks[-1].index] = StateRecord(body["state_file"], "")
             pending = [ChunkRecord(**c) for c in body.get("pending", [])]
             _check_file_names(where, [r.file for r in chunks + pending], [r.file for r in states.values()])
+            rerolls = _read_rerolls(where, body.get("rerolls", {}))
             return cls(body["fingerprint"], dict(body["inputs"]), dict(body["layout"]), chunks, states,
-                       pending, version)
+                       pending, version, rerolls)
         except JobDamagedError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -114,6 +123,21 @@ def _problem(exc: Exception) -> str:
     if isinstance(exc, ValueError):  # json.JSONDecodeError included
         return "it is not valid JSON"
     return "a field has the wrong type"
+
+
+def _read_rerolls(where: str, raw: object) -> dict[int, int]:
+    """{chunk index >= 0: seed in 0..2**64-1}; anything else is a damaged manifest."""
+    if not isinstance(raw, dict):
+        raise JobDamagedError(f"{where} has a re-roll record ('rerolls') that is not a mapping.", _MOVE_AWAY)
+    rerolls = {}
+    for key, seed in raw.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+            raise JobDamagedError(f"{where} records a re-roll for chunk {str(key)[:20]!r}.", _MOVE_AWAY)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise JobDamagedError(f"{where} records the re-roll seed {str(seed)[:30]!r} (not 0..2**64-1).",
+                                  _MOVE_AWAY)
+        rerolls[int(key)] = seed
+    return rerolls
 
 
 def _check_file_names(where: str, chunk_files: list[str], state_files: list[str]) -> None:

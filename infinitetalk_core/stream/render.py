@@ -20,12 +20,13 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..errors import GenerationError, JobDamagedError
+from ..errors import GenerationError, InputValidationError, JobDamagedError
 from .generate import ChunkResult, StreamState, generate_chunks
 from .hooks import StreamHooks
 from .host import ImageEncoder, TextContexts, VideoVAE, tensor_digest
 from .job import JobDirectory, JobFingerprint, digest_json
 from .plan import FPS, StreamPlan
+from .reroll import apply_reroll
 from .settings import StreamSettings
 from .sources import ReferenceFrames
 from .validation import audio_persons, validate_stream_inputs
@@ -58,27 +59,41 @@ def fingerprint_inputs(
     image_encoder=None,
     ref_target_masks: torch.Tensor | None = None,
     model_identity: str | None = None,
+    dub_mask=None,
+    previous_frames: torch.Tensor | None = None,
 ) -> JobFingerprint:
-    """Hash of every input group: what decides whether a job directory may be resumed."""
+    """Hash of every input group: what decides whether a job directory may be resumed (the dub mask and
+    the clip continued only when given, so jobs without them keep their fingerprints)."""
     config = getattr(model, "config", None)
     audio = hashlib.sha256(
         "".join(tensor_digest(p) for p in audio_persons(audio_features)).encode()
     ).hexdigest()
-    return JobFingerprint(
-        {
-            "reference": references.fingerprint(),
-            "audio": audio,
-            "text": text.fingerprint(),
-            "model": digest_json(
-                {"identity": model_identity or model_fingerprint(model), "config": repr(config)}
-            ),
-            "vae": digest_json(_identity(vae, type(vae).__name__)),
-            "image_encoder": digest_json(_identity(image_encoder, type(image_encoder).__name__)),
-            "masks": "none" if ref_target_masks is None else tensor_digest(ref_target_masks),
-            "plan": digest_json({k: v for k, v in vars(plan).items() if k != "chunks"}),
-            "parameters": digest_json(settings.to_json()),
-        }
-    )
+    groups = {
+        "reference": references.fingerprint(),
+        "audio": audio,
+        "text": text.fingerprint(),
+        "model": digest_json(
+            {"identity": model_identity or model_fingerprint(model), "config": repr(config)}
+        ),
+        "vae": digest_json(_identity(vae, type(vae).__name__)),
+        "image_encoder": digest_json(_identity(image_encoder, type(image_encoder).__name__)),
+        "masks": "none" if ref_target_masks is None else tensor_digest(ref_target_masks),
+        "plan": digest_json(_plan_identity(plan)),
+        "parameters": digest_json(settings.to_json()),
+    }
+    if dub_mask is not None:
+        groups["dub_mask"] = dub_mask.fingerprint()
+    if previous_frames is not None:
+        groups["previous_frames"] = tensor_digest(previous_frames)
+    return JobFingerprint(groups)
+
+
+def _plan_identity(plan: StreamPlan) -> dict:
+    """The plan's fields without its chunks (derived), lead_context only when set (older jobs match)."""
+    fields = {k: v for k, v in vars(plan).items() if k != "chunks"}
+    if not fields.get("lead_context"):
+        fields.pop("lead_context", None)
+    return fields
 
 
 def render_to_job(
@@ -98,6 +113,9 @@ def render_to_job(
     job_root: str | Path | None = None,
     device: torch.device | str | None = None,
     on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
+    reroll: tuple[int, int] | None = None,
+    dub_mask=None,
+    previous_frames: torch.Tensor | None = None,
 ) -> JobDirectory:
     """Generate every chunk not yet in the job directory; return the (complete) job.
 
@@ -108,10 +126,14 @@ def render_to_job(
     chunks are written on a background thread while the next one samples, so that is at the next chunk
     boundary (or the end). ``hooks.on_chunk`` fires when a chunk is handed to that writer, before it is
     on disk, and its ``frames`` are then derived from the uint8 frames (see ``ChunkResult``); every
-    commit has finished when this returns or raises.
+    commit has finished when this returns or raises. reroll: (chunk, seed), chunk 0-based: regenerate that
+    chunk with ``seed`` and the later ones with the run's seed, keeping the chunks before it (see
+    reroll.py; the same reroll again resumes instead of re-rolling again). dub_mask, previous_frames: as
+    ``generate_chunks``'s (keep the source outside a mask; continue a clip).
     """
     validate_stream_inputs(
-        model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, None
+        model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, None,
+        dub_mask=dub_mask, previous_frames=previous_frames,
     )
     fingerprint = fingerprint_inputs(
         model,
@@ -124,10 +146,14 @@ def render_to_job(
         image_encoder,
         ref_target_masks,
         model_identity,
+        dub_mask,
+        previous_frames,
     )
     job, _ = open_job(job_path, job_root, fingerprint, plan, references.size,
                       settings.cost_metadata(plan.num_chunks))
     try:
+        if reroll is not None:
+            apply_reroll(job, *_reroll_pair(reroll), context_frames=plan.context_frames)
         if job.is_complete:
             log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
             return job
@@ -135,11 +161,20 @@ def render_to_job(
         def chunks_from(state: StreamState | None):
             return generate_chunks(model, vae, plan, references, audio_features, text, settings,
                                    image_encoder=image_encoder, ref_target_masks=ref_target_masks, state=state,
-                                   hooks=hooks, device=device)
+                                   hooks=hooks, device=device, chunk_seeds=dict(job.manifest.rerolls),
+                                   dub_mask=dub_mask, previous_frames=previous_frames)
 
         return run_job(job, chunks_from, on_chunk_saved)
     finally:
         job.close()
+
+
+def _reroll_pair(reroll: object) -> tuple[int, int]:
+    """``reroll`` as (chunk, seed); the values themselves are checked by ``apply_reroll``."""
+    if not isinstance(reroll, (tuple, list)) or len(reroll) != 2:
+        raise InputValidationError(f"reroll must be a (chunk, seed) pair, got {reroll!r}.",
+                                   "Pass reroll=(chunk index from 0, seed), or None.")
+    return reroll[0], reroll[1]
 
 
 def job_state(job: JobDirectory) -> StreamState | None:
