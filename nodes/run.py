@@ -19,10 +19,13 @@ from ..infinitetalk_core.sampling.refine import RefineSettings
 from ..infinitetalk_core.sampling.schedulers import DISTILL_SHIFT
 from ..infinitetalk_core.sampling.step_cache import StepCacheSettings
 from ..infinitetalk_core.stream.hooks import StreamHooks
-from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, tensor_digest
+from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, pixels_from_comfy, tensor_digest
 from ..infinitetalk_core.stream.job import JobFingerprint, digest_json
 from ..infinitetalk_core.stream.job_files import disk_errors, job_folder, remove_job_folder, safe_job_name
+from ..infinitetalk_core.stream.dub_mask import DubMask
 from ..infinitetalk_core.stream.render import BackgroundCommitter, open_job, run_job
+from ..infinitetalk_core.stream.reroll import apply_reroll
+from ..infinitetalk_core.stream.sources import resize_crop_pixels
 from ..infinitetalk_core.stream.settings import StreamSettings
 from ..infinitetalk_core.stream.validation import validate_stream_inputs
 from ..infinitetalk_core.errors import InputValidationError
@@ -86,12 +89,43 @@ def _settings(inputs: dict, refs, family: str) -> StreamSettings:
         color_reference=inputs["color_reference"], reference_strategy=refs.strategy,
         reference_overflow=refs.overflow, step_cache=cache, scheduler=scheduler,
         refine=RefineSettings(inputs.get("refine_every") or 0, inputs.get("refine_strength", 0.3),
-                              inputs.get("refine_steps", 4)))
+                              inputs.get("refine_steps", 4)),
+        denoise=1.0 if inputs.get("denoise") is None else float(inputs["denoise"]))
     settings.validate()
     return settings
 
 
-def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size) -> JobFingerprint:
+MASK_ASPECT_TOLERANCE = 0.01
+
+
+def dub_mask_from_comfy(mask, refs, size: tuple[int, int], feather: int) -> DubMask | None:
+    """ComfyUI MASK drawn on the source frames (at their size, or any size of their aspect ratio) or
+    already at the output size -> DubMask at ``size``, cropped exactly as the frames are."""
+    if mask is None:
+        return None
+    drawn = tuple(mask.shape[-2:])
+    if drawn == tuple(size):
+        return DubMask(mask.reshape(-1, *drawn).float().cpu(), feather)
+    aspect, source_aspect = drawn[1] / drawn[0], refs.width / refs.height
+    if abs(aspect - source_aspect) > MASK_ASPECT_TOLERANCE * source_aspect:
+        raise InputValidationError(
+            f"dub_mask is {drawn[1]}x{drawn[0]} but the source is {refs.width}x{refs.height}: a different "
+            "shape, so it would cover the wrong places.",
+            f"Make the mask at the source video's size ({refs.width}x{refs.height}, e.g. Solid Mask's width "
+            "and height) or at any size of the same aspect ratio.")
+    return DubMask.from_source_masks(mask.float().cpu(), size, feather)
+
+
+def previous_from_comfy(images, size: tuple[int, int]) -> torch.Tensor | None:
+    """IMAGE of the clip to continue -> [3, n, H, W] in [-1, 1] at ``size`` (cover-resize, centre crop)."""
+    if images is None:
+        return None
+    pixels = pixels_from_comfy(images)
+    return torch.stack([resize_crop_pixels(pixels[:, i], *size) for i in range(pixels.shape[1])], 1)
+
+
+def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size, dub_mask=None,
+                 previous=None) -> JobFingerprint:
     probe = torch.linspace(-1, 1, 3 * 16 * 16).reshape(3, 1, 16, 16)  # cheap VAE identity
     inputs = {
         "model": digest_json([model.files, model.loras, str(model.config)]),
@@ -103,6 +137,10 @@ def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
         "parameters": digest_json([settings.to_json(), plan.chunk_frames, plan.context_frames,
                                    plan.output_frames, list(size)]),
     }
+    if dub_mask is not None:  # only when given: job folders of runs without them keep their names
+        inputs["dub_mask"] = dub_mask.fingerprint()
+    if previous is not None:
+        inputs["previous_frames"] = tensor_digest(previous)
     return JobFingerprint(inputs)
 
 
@@ -233,15 +271,33 @@ def _reload_before_dit(hooks: StreamHooks, reload) -> StreamHooks:
     return dataclasses.replace(hooks, on_stage=on_stage)
 
 
-def _prepare(inputs: dict, host, node_id):
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A Streaming Sampler run's checked inputs, in the core's terms."""
+
+    name: str
+    model: object
+    refs: object
+    feats: object
+    size: tuple[int, int]
+    settings: StreamSettings
+    plan: object
+    text: TextContexts
+    masks: torch.Tensor | None  # two speakers' routing masks
+    dub_mask: DubMask | None
+    previous: torch.Tensor | None  # the clip to continue, at the output size
+
+
+def _prepare(inputs: dict, host, node_id) -> _Prepared:
     """Everything checked before the job folder is touched: settings, sizes, plan, conditioning inputs."""
     check_sampler_settings(inputs)
     name = safe_job_name(inputs.get("job_name") or "")
     model, refs, feats = inputs["model"], inputs["references"], inputs["audio_features"]
     size, family = target_size(inputs, refs)
     settings = _settings(inputs, refs, family)
+    previous = previous_from_comfy(inputs.get("previous_frames"), size)
     plan = plan_chunks(feats.num_frames, inputs["chunk_frames"], inputs["context_frames"],
-                       inputs.get("max_frames") or None)
+                       inputs.get("max_frames") or None, lead_context=previous is not None)
     if feats.boxes is not None and feats.mask_size not in (None, (refs.height, refs.width)):
         raise InputValidationError(
             f"The speaker masks are {feats.mask_size[1]}x{feats.mask_size[0]} but the reference is "
@@ -255,7 +311,8 @@ def _prepare(inputs: dict, host, node_id):
                            node_id)
     text = text_contexts(inputs["positive"], inputs["negative"])
     masks = None if feats.num_speakers == 1 else speaker_masks(refs.height, refs.width, *size, 2, feats.boxes)
-    return name, model, refs, feats, size, settings, plan, text, masks
+    dub_mask = dub_mask_from_comfy(inputs.get("dub_mask"), refs, size, inputs.get("mask_feather", 8))
+    return _Prepared(name, model, refs, feats, size, settings, plan, text, masks, dub_mask, previous)
 
 
 def _open_render_job(host, inputs, name, fingerprint, plan, size, settings):
@@ -268,47 +325,61 @@ def _open_render_job(host, inputs, name, fingerprint, plan, size, settings):
     return open_job(path, None, fingerprint, plan, size, settings.cost_metadata(plan.num_chunks))
 
 
+def _reroll(job, inputs: dict, plan) -> None:
+    """Apply the node's re-roll request (chunk numbers from 1, as in the progress) to the job folder."""
+    chunk = inputs.get("regenerate_from_chunk") or 0
+    if chunk:
+        require(chunk <= plan.num_chunks, f"regenerate_from_chunk={chunk}, but this video has "
+                f"{plan.num_chunks} chunks.", f"Use 1..{plan.num_chunks}, or 0 to turn re-rolling off.")
+        if apply_reroll(job, chunk - 1, int(inputs.get("reroll_seed") or 0), plan.context_frames):
+            log.info("re-rolling chunk %d with seed %s", chunk, inputs.get("reroll_seed"))
+
+
 def run_stream(inputs: dict) -> tuple:
     """Everything the Streaming Sampler does; returns (frames handle, IMAGE, frame count, fps)."""
     host, node_id = get_host(), inputs.get("unique_id")
     host.send_progress({"stage": "preparing", "chunk": 0, "chunks": 0}, node_id)
-    name, model, refs, feats, size, settings, plan, text, masks = _prepare(inputs, host, node_id)
+    p = _prepare(inputs, host, node_id)
+    plan, settings = p.plan, p.settings
     deferred = _DeferredInterrupt(host)
     vae, encoder = _FinishingVAE(WanNormalizedVAE(inputs["vae"]), deferred), ClipVisionEncoder(inputs["clip_vision"])
-    source = refs.open(size)
+    source = p.refs.open(p.size)
     try:
-        validate_stream_inputs(model.managed.module, plan, source, feats.features, text, settings, encoder,
-                               masks, None)
+        validate_stream_inputs(p.model.managed.module, plan, source, p.feats.features, p.text, settings, encoder,
+                               p.masks, None, dub_mask=p.dub_mask, previous_frames=p.previous)
         host.send_progress({"stage": "encoding_references", "chunk": 0, "chunks": plan.num_chunks}, node_id)
-        fingerprint = _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size)
-        job, _ = _open_render_job(host, inputs, name, fingerprint, plan, size, settings)
+        fingerprint = _fingerprint(p.model, vae, p.text, source, p.feats, encoder, settings, plan, p.size,
+                                   p.dub_mask, p.previous)
+        job, _ = _open_render_job(host, inputs, p.name, fingerprint, plan, p.size, settings)
         try:
+            _reroll(job, inputs, plan)
             if not job.is_complete:
-                _render(host, job, model, vae, plan, source, feats, text, settings, encoder, masks, node_id,
-                        deferred)
+                _render(host, job, p, vae, source, encoder, node_id, deferred)
         finally:
             job.close()
     finally:
         source.close()
     host.send_progress({"stage": "done", "chunk": plan.num_chunks, "chunks": plan.num_chunks, "step": 0,
-                        "steps": settings.steps, "fraction": 1.0, "eta": 0.0}, node_id)
+                        "steps": settings.sampled_steps, "fraction": 1.0, "eta": 0.0}, node_id)
     frames = JobFrames(job, Fraction(25), None if node_id is None else str(node_id))
     images = frames.last_frames(max(1, inputs.get("image_frames", 1)))
     return (frames, images, frames.frame_count, 25.0)
 
 
-def _render(host, job, model, vae, plan, source, feats, text, settings, encoder, masks, node_id, deferred):
+def _render(host, job, p: _Prepared, vae, source, encoder, node_id, deferred):
+    steps, model = p.settings.sampled_steps, p.model
     device = host.load_for_use([model.managed])
-    progress = host.progress(plan.num_chunks * settings.steps)
-    progress.update(job.chunks_done * settings.steps)
+    progress = host.progress(p.plan.num_chunks * steps)
+    progress.update(job.chunks_done * steps)
     committer = BackgroundCommitter(job)
-    hooks = _reload_before_dit(_hooks(host, progress, settings.steps, node_id, deferred, committer),
+    hooks = _reload_before_dit(_hooks(host, progress, steps, node_id, deferred, committer),
                                lambda: host.load_for_use([model.managed]))
 
     def chunks_from(state):
-        return generate_chunks(model.managed.module, vae, plan, source, feats.features, text, settings,
-                               image_encoder=encoder, ref_target_masks=masks, state=state, hooks=hooks,
-                               device=device)
+        return generate_chunks(model.managed.module, vae, p.plan, source, p.feats.features, p.text, p.settings,
+                               image_encoder=encoder, ref_target_masks=p.masks, state=state, hooks=hooks,
+                               device=device, dub_mask=p.dub_mask, chunk_seeds=dict(job.manifest.rerolls),
+                               previous_frames=p.previous)
 
     run_job(job, chunks_from, committer=committer)
     deferred.raise_pending()

@@ -134,6 +134,27 @@ class InfiniteTalkStreamingSampler:
                                     "changes more)."}),
                 "refine_steps": ("INT", {"default": 4, "min": 1, "max": 50, "tooltip":
                                  "Denoising steps of one refinement."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                            "1 = generate every chunk from noise. Below 1 (video input only): start each chunk "
+                            "from the source video's own frames at that time, noised, and run only the last "
+                            "steps x denoise steps, so gestures, head motion and camera stay the source's "
+                            "(0.5-0.8 re-lip-syncs; lower keeps more and moves the mouth less)."}),
+                "dub_mask": ("MASK", {"tooltip": "Where the video may change (1 = regenerate, e.g. the face "
+                             "or the speaker; 0 = keep the source exactly). One mask, or one per source "
+                             "frame, drawn at the source size. With one audio track the audio reaches only "
+                             "the inside, so bystanders stay silent."}),
+                "mask_feather": ("INT", {"default": 8, "min": 0, "max": 256, "tooltip":
+                                 "Soft edge of the dub mask in output pixels, inside the mask (outside stays "
+                                 "the source exactly)."}),
+                "previous_frames": ("IMAGE", {"tooltip": "Continue this clip: its last context_frames frames "
+                                    "are the first chunk's context, so the new video picks up where it ends "
+                                    "(the output holds the new frames only)."}),
+                "regenerate_from_chunk": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip":
+                                          "Re-roll: regenerate chunk N (as numbered in the progress, from 1) "
+                                          "with reroll_seed and every chunk after it; chunks before N are "
+                                          "kept. 0 = off. Re-queueing the same re-roll resumes it."}),
+                "reroll_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip":
+                                "Seed of the re-rolled chunk (later chunks keep the seed above)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -16,12 +16,12 @@ UI_WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 # native nodes the examples use -> their output types (checked against a real server in tests/comfyui)
 NATIVE_OUTPUTS = {"LoadImage": ("IMAGE", "MASK"), "LoadAudio": ("AUDIO",), "LoadVideo": ("VIDEO",),
                   "VAELoader": ("VAE",), "CLIPLoader": ("CLIP",), "CLIPTextEncode": ("CONDITIONING",),
-                  "CLIPVisionLoader": ("CLIP_VISION",)}
+                  "CLIPVisionLoader": ("CLIP_VISION",), "SolidMask": ("MASK",), "MaskComposite": ("MASK",)}
 FILE_COMBOS = {"base_model", "infinitetalk_model", "wav2vec_model", "lora_1", "lora_2"}
 
 
 EXAMPLES = ["infinitetalk_image_to_video", "infinitetalk_image_to_video_lightx2v", "infinitetalk_video_dubbing",
-            "infinitetalk_video_dubbing_lightx2v"]
+            "infinitetalk_video_dubbing_keep_motion", "infinitetalk_video_dubbing_lightx2v"]
 
 
 def test_every_example_workflow_exists():
@@ -41,6 +41,20 @@ def test_lightx2v_examples_differ_from_the_reference_ones_only_in_the_preset(nam
                        (sampler, "steps"): 4, (sampler, "scheduler"): "distill",
                        (sampler, "text_guidance"): 1.0, (sampler, "audio_guidance"): 2.0}
     assert fast[sampler]["inputs"]["step_cache"] == "none" and fast[loader]["inputs"]["strength_1"] == 1.0
+
+
+def test_keep_motion_example_is_the_dubbing_graph_plus_a_native_mask_and_denoise():
+    api = REPO / "example_workflows" / "api"
+    base = json.loads((api / "infinitetalk_video_dubbing.json").read_text())
+    keep = json.loads((api / "infinitetalk_video_dubbing_keep_motion.json").read_text())
+    sampler = {k for k, v in base.items() if v["class_type"] == "InfiniteTalkStreamingSampler"}.pop()
+    changed = {(k, i): v for k in base for i, v in keep[k]["inputs"].items() if base[k]["inputs"].get(i) != v}
+    mask_node = keep[sampler]["inputs"]["dub_mask"][0]
+    assert keep[mask_node]["class_type"] == "MaskComposite"
+    assert {keep[k]["class_type"] for k in set(keep) - set(base)} == {"SolidMask", "MaskComposite"}
+    assert {key for key in changed if key[0] == sampler} == {(sampler, "denoise"), (sampler, "dub_mask"),
+                                                             (sampler, "mask_feather")}
+    assert 0 < keep[sampler]["inputs"]["denoise"] < 1 and keep[sampler]["inputs"]["color_reference"] == "chunk"
 
 
 def _output_type(graph, link, mappings):
