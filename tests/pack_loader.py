@@ -25,3 +25,13 @@ def load_pack(module_name: str = PACK_MODULE):
         sys.modules.pop(module_name, None)
         raise
     return module
+
+
+def sibling_module(test_file: str, name: str):
+    """Another test module next to ``test_file``, loaded by path (pytest runs with --import-mode=importlib,
+    so test modules are not importable by name): its fixtures and helpers can then be shared."""
+    path = Path(test_file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_sibling_{path.parent.name}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -13,7 +13,7 @@ import torch
 
 from ..sampling.inpaint import SourcePin
 from .conditioning import encode_context
-from .dub_mask import composite, feather_alpha, latent_keep, token_gate
+from .dub_mask import composite, latent_keep, token_gate
 from .plan import ChunkPlan
 from .references import source_indices_for_chunk
 
@@ -53,7 +53,7 @@ def chunk_dub(run, chunk: ChunkPlan, ref_index: int) -> ChunkDub | None:
         return ChunkDub(latents)
     masks = run.dub_mask.pixel_masks(indices, run.device)
     keep = latent_keep(masks)
-    alpha = feather_alpha(masks, run.dub_mask.feather)
+    alpha = run.dub_mask.composite_weights(indices, run.device)
     return ChunkDub(latents, pixels, alpha, keep, token_gate(keep))
 
 

@@ -10,8 +10,8 @@ frames (``references.source_indices_for_chunk``). From the pixel masks of a chun
 - token grid (``token_gate``): a patch token (2x2 latent pixels) hears the audio if any of its latent
   pixels is generated; the DiT multiplies its audio cross-attention output by this gate;
 - pixels (``feather_alpha`` + ``composite``): the decoded, colour-corrected frames are laid onto the
-  source frames through the mask feathered *inwards* (eroded by the feather radius, then blurred within
-  it), so every pixel outside the mask is the source pixel exactly.
+  source frames through the mask feathered *inwards* (eroded by the feather radius, then box-blurred
+  within it: a linear ramp), so every pixel outside the mask is the source pixel exactly.
 """
 from __future__ import annotations
 
@@ -66,6 +66,15 @@ class DubMask:
     def size(self) -> tuple[int, int]:
         return tuple(self.masks.shape[-2:])
 
+    def composite_weights(self, source_indices: Sequence[int], device=None) -> torch.Tensor:
+        """[F, H, W] feathered composite weights of each chunk frame (a static mask's once for the run)."""
+        if self.num_frames > 1:
+            return feather_alpha(self.pixel_masks(source_indices, device), self.feather)
+        cached = self.__dict__.get("_static_alpha")
+        if cached is None or cached.device != torch.device(device or "cpu"):
+            cached = self.__dict__["_static_alpha"] = feather_alpha(self.masks.to(device), self.feather)
+        return cached.expand(len(source_indices), *self.size)
+
     def pixel_masks(self, source_indices: Sequence[int], device=None) -> torch.Tensor:
         """[F, H, W]: the mask of each chunk frame, given the source frame each frame shows."""
         if self.num_frames == 1:
@@ -93,30 +102,61 @@ def token_gate(keep: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(1 - keep[0][:, None], TOKEN_PATCH)[:, 0]
 
 
-def _gaussian_kernel(radius: int, device) -> torch.Tensor:
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    k = torch.exp(-0.5 * (x / max(radius / 2, 0.5)) ** 2)
-    return k / k.sum()
+def _box_sum(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Sums over windows of 2·radius + 1 along ``dim`` (-1 or -2) of [N, 1, H, W], edges replicated:
+    one cumulative sum, so the cost does not grow with the radius (counts of 0/1 values stay exact)."""
+    size, n = 2 * radius + 1, x.shape[dim]
+    pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+    total = F.pad(x, pad, mode="replicate").cumsum(dim)
+    total = F.pad(total, (1, 0, 0, 0) if dim == -1 else (0, 0, 1, 0))  # a leading zero
+    return total.narrow(dim, size, n) - total.narrow(dim, 0, n)
+
+
+def mask_box(pixel_masks: torch.Tensor, margin: int = 0) -> tuple[slice, slice] | None:
+    """(rows, columns) around every nonzero pixel of [F, H, W] masks, ``margin`` wider (inside the frame);
+    None for an empty mask."""
+    rows = torch.nonzero(pixel_masks.amax(dim=(0, 2)) > 0).flatten()
+    cols = torch.nonzero(pixel_masks.amax(dim=(0, 1)) > 0).flatten()
+    if rows.numel() == 0:
+        return None
+    height, width = pixel_masks.shape[-2:]
+    top, bottom = max(0, int(rows[0]) - margin), min(height, int(rows[-1]) + 1 + margin)
+    left, right = max(0, int(cols[0]) - margin), min(width, int(cols[-1]) + 1 + margin)
+    return slice(top, bottom), slice(left, right)
 
 
 def feather_alpha(pixel_masks: torch.Tensor, radius: int) -> torch.Tensor:
-    """[F, H, W] -> [F, H, W] composite weights: the mask eroded by ``radius`` then blurred within
-    ``radius`` (support ``radius``), so the weight is exactly 0 wherever the mask is 0."""
-    if radius <= 0:
+    """[F, H, W] -> [F, H, W] composite weights: the mask's area eroded by ``radius`` (pixels whose whole
+    (2r+1)² window is inside), box-blurred over the same window (a linear ramp over 2·radius pixels inside
+    the edge) and capped by the mask. Neither reaches further than ``radius``, so the weight is exactly 0
+    wherever the mask is 0. Computed on the masks' bounding box only (a face is a small part of a frame)."""
+    box = mask_box(pixel_masks, radius + 1)
+    if radius <= 0 or box is None:
         return pixel_masks
-    size = 2 * radius + 1
-    eroded = -F.max_pool2d(-pixel_masks[:, None], size, stride=1, padding=radius)
-    kernel = _gaussian_kernel(radius, pixel_masks.device)
-    padded = F.pad(eroded, (radius, radius, radius, radius), mode="replicate")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1))
-    return torch.minimum(blurred[:, 0].clamp_(0, 1), pixel_masks)
+    alpha = torch.zeros_like(pixel_masks)
+    alpha[:, box[0], box[1]] = _feather(pixel_masks[:, box[0], box[1]], radius)
+    return alpha
+
+
+def _feather(pixel_masks: torch.Tensor, radius: int) -> torch.Tensor:
+    area = float((2 * radius + 1) ** 2)
+    inside = (pixel_masks[:, None] > 0).float()
+    count = _box_sum(_box_sum(inside, radius, -1), radius, -2)
+    eroded = (count > area - 0.5).float()
+    ramp = _box_sum(_box_sum(eroded, radius, -1), radius, -2) / area
+    return torch.minimum(ramp[:, 0], pixel_masks)
 
 
 def composite(generated: torch.Tensor, source: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """generated·α + source·(1 − α) per pixel: [3, F, H, W] each, α [F, H, W]; the source exactly at α = 0."""
-    a = alpha[None].to(generated)
-    return generated * a + source.to(generated) * (1 - a)
+    """generated·α + source·(1 − α) per pixel: [3, F, H, W] each, α [F, H, W]; the source exactly where
+    α = 0 (blended only inside α's bounding box; a copy of the source elsewhere)."""
+    out = source.to(generated, copy=True)
+    box = mask_box(alpha)
+    if box is not None:
+        a = alpha[None, :, box[0], box[1]].to(generated)
+        g, s = generated[:, :, box[0], box[1]], out[:, :, box[0], box[1]]
+        out[:, :, box[0], box[1]] = g * a + s * (1 - a)
+    return out
 
 
 __all__ = ["DubMask", "MAX_FEATHER", "composite", "feather_alpha", "latent_keep", "token_gate"]

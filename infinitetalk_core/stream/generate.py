@@ -83,7 +83,7 @@ class ChunkResult:
     pixels_uint8: torch.Tensor
     reference_index: int
     state: StreamState  # the state after this chunk (persist it to resume)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour, post
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour, dub, post
     pass_calls: int = 0  # guidance-pass evaluations the sampler asked for (steps x passes)
     skipped_calls: int = 0  # of those, answered by the step cache without the transformer blocks
     refine_calls: int = 0  # extra pass calls of the context refinement before this chunk (experimental)
@@ -266,6 +266,9 @@ def _generate_chunk(
     run.hooks.stage("encoding_references", chunk.index, plan.num_chunks, clock.eta(chunk.index, 0))
     ref_index = _reference_index(plan, chunk, references, settings)
     dub = chunk_dub(run, chunk, ref_index)  # the source clip first: a video source reads forwards only
+    t_dub = _sync(device)
+    timings["dub"] = t_dub - t0  # source clip, its VAE encode, masks (then the composite, below)
+    t0 = t_dub
     reference = run.source.frame(ref_index).to(device=device, dtype=torch.float32)
     # a new clip's chunk 0 has only its reference frame as context; every other chunk (a continued
     # clip's chunk 0 too) has the last M frames before it
@@ -299,9 +302,10 @@ def _generate_chunk(
         pixels = match_colors_signed(
             pixels, target.to(pixels.device), settings.color_method, settings.color_strength
         )
+    t_dub = _sync(device)
     pixels = finish_dub(dub, pixels)  # the very last step: nothing touches the kept source again
     t4 = _sync(device)
-    timings["colour"] = t4 - t3
+    timings["colour"], timings["dub"] = t_dub - t3, timings["dub"] + t4 - t_dub
 
     check_finite(pixels, chunk, plan.num_chunks, "colour-corrected frames")
     # the next chunk's context: the last M frames of the whole chunk, after colour correction (float32)

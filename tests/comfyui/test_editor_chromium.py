@@ -372,3 +372,20 @@ def test_editor_queue_interrupt_and_requeue_resumes_the_same_job(server, browser
     _frame_all(browser)
     browser.screenshot("after_run")
     assert not _console_problems(browser)
+
+    # re-roll chunk 3 from the editor: the widgets, then Run; chunks 1-2 stay, 3-8 are made again
+    before = {c["index"]: c["sha256"] for c in json.loads((job / "manifest.json").read_text())["chunks"]}
+    browser.evaluate("""(() => {
+        const node = window.app.graph.getNodeById(12);
+        node.widgets.find(w => w.name === 'regenerate_from_chunk').value = 3;
+        node.widgets.find(w => w.name === 'reroll_seed').value = 77;
+        return true;
+    })()""")
+    third = _queue_from_editor(browser, server)
+    history = _finished(server, third, 900)
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[-3000:]
+    body = json.loads((job / "manifest.json").read_text())
+    after = {c["index"]: c["sha256"] for c in body["chunks"]}
+    assert body["rerolls"] == {"2": 77} and len(after) == 8
+    assert [after[i] == before[i] for i in range(8)] == [True, True] + [False] * 6
+    assert [n for n in _jobs(server) if n not in jobs_before] == [job.name]

@@ -2,7 +2,6 @@
 chunk, continue a clip; run on the plain-torch host with the tiny models."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("graph_run", Path(__file__).with_name("test_graph_run.py"))
-_graph_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_graph_run)  # the tiny-model graph fixture and input helpers of the node tests
+from pack_loader import sibling_module
+
+_graph_run = sibling_module(__file__, "test_graph_run")  # the tiny-model graph fixture and input helpers
 graph, record_progress, sampler_inputs, speech = (_graph_run.graph, _graph_run.record_progress,
                                                   _graph_run.sampler_inputs, _graph_run.speech)
 
