@@ -31,10 +31,15 @@ def _image(name: str, value: Any) -> None:
               "Convert it to a float IMAGE (0..1) first; 0..255 integers would be read as white.")
 
 
+PER_FRAME_MASKS = ("dub_mask",)  # MASK inputs that take one mask per source frame; the others take one
+
+
 def _mask(name: str, value: Any) -> None:
     if not isinstance(value, torch.Tensor) or value.ndim not in (2, 3) or not value.is_floating_point():
         _fail(name, f"is not a MASK [height, width] (got {type(value).__name__})", "Connect a MASK output.")
-    if value.ndim == 3 and value.shape[0] != 1:
+    if value.numel() == 0:
+        _fail(name, f"is empty ({tuple(value.shape)})", "Connect a mask with at least one pixel.")
+    if value.ndim == 3 and value.shape[0] != 1 and name not in PER_FRAME_MASKS:
         _fail(name, f"is a batch of {value.shape[0]} masks", "Connect one mask per speaker.")
 
 

@@ -75,14 +75,17 @@ def test_dub_inputs_are_part_of_the_job_and_bad_ones_are_refused(graph, pack):
     sampler.sample(**sampler_inputs(graph, refs, feats))
     sampler.sample(**sampler_inputs(graph, refs, feats, denoise=0.7))
     sampler.sample(**sampler_inputs(graph, refs, feats, dub_mask=torch.ones(1, 96, 160)))  # same aspect: fine
-    assert len(_jobs(graph)) == 3
+    sampler.sample(**sampler_inputs(graph, refs, feats, dub_mask=torch.rand(60, 48, 80)))  # one per frame
+    assert len(_jobs(graph)) == 4
+    with pytest.raises(errors.InfiniteTalkError, match="E_INPUT_VALIDATION.*7 masks but the source has 60"):
+        sampler.sample(**sampler_inputs(graph, refs, feats, dub_mask=torch.rand(7, 48, 80)))
     with pytest.raises(errors.InfiniteTalkError, match="E_INPUT_VALIDATION.*different shape"):
         sampler.sample(**sampler_inputs(graph, refs, feats, dub_mask=torch.ones(1, 48, 48)))
     image_refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0,
                                                                  image=torch.rand(1, 48, 80, 3))
     with pytest.raises(errors.InfiniteTalkError, match="E_INPUT_VALIDATION.*single image"):
         sampler.sample(**sampler_inputs(graph, image_refs, feats, denoise=0.5))
-    assert len(_jobs(graph)) == 3  # refused before any job folder
+    assert len(_jobs(graph)) == 4  # refused before any job folder
 
 
 def _chunk_files(job: Path) -> dict[int, tuple[str, int]]:

@@ -225,3 +225,24 @@ def test_outside_the_mask_the_sampled_latents_are_the_source_latents(make_inputs
         keep = latent_keep(DubMask(masks).pixel_masks(indices)).bool().expand_as(source)
         assert torch.equal(decoded[0][keep], source[keep]), scheduler
         assert not torch.equal(decoded[0][~keep], source[~keep])
+
+
+def test_two_speakers_keep_their_routing_masks_and_no_audio_gate(make_inputs):
+    from infinitetalk_core.stream.masks import speaker_masks
+    from infinitetalk_core.stream.standins import random_audio_features
+
+    inputs = make_inputs(13, steps=2)
+    inputs.features = torch.stack([inputs.features, random_audio_features(13, seed=5)])
+    inputs.references = TensorReference(torch.rand(3, 20, 32, 32) * 2 - 1, fps=NTSC)
+    recorder = _Recorder(inputs.model)
+    inputs.model = recorder
+    masks = torch.zeros(1, 32, 32)
+    masks[0, 8:24, :] = 1
+    routing = speaker_masks(32, 32, 32, 32, num_speakers=2)
+    (result,) = _run(inputs, inputs.plan(13), dub_mask=DubMask(masks), ref_target_masks=routing)
+    assert recorder.gates == [None] * 2  # the speakers' own masks route the audio
+    indices = source_indices_for_chunk(inputs.plan(13).chunks[0], 20, NTSC)
+    source = torch.stack([inputs.references.frame(i) for i in indices], 1)
+    expected = ((source + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0)
+    outside = masks[0] == 0
+    assert (result.pixels_uint8[:, outside].int() - expected[:, outside].int()).abs().max() <= 1
