@@ -26,11 +26,11 @@ from ..infinitetalk_core.stream.dub_mask import DubMask
 from ..infinitetalk_core.stream.render import BackgroundCommitter, open_job, run_job
 from ..infinitetalk_core.stream.reroll import apply_reroll
 from ..infinitetalk_core.stream.sources import resize_crop_pixels
-from ..infinitetalk_core.stream.settings import StreamSettings
+from ..infinitetalk_core.stream.settings import SVI_MOTION_FRAMES, SVI_SHIFT, StreamSettings
 from ..infinitetalk_core.stream.validation import validate_stream_inputs
 from ..infinitetalk_core.errors import InputValidationError
 from .common import first_image_to_pil, require
-from .sampler_checks import check_sampler_settings, speaker_weights_warning
+from .sampler_checks import check_sampler_settings, speaker_weights_warning, svi_weights_warning
 from .frames import JobFrames
 from .host import get_host
 
@@ -79,8 +79,9 @@ def target_size(inputs: dict, refs) -> tuple[tuple[int, int], str]:
 def _settings(inputs: dict, refs, family: str) -> StreamSettings:
     guidance = GuidanceConfig(inputs["text_guidance"], inputs["audio_guidance"], inputs.get("use_apg", False),
                               inputs.get("apg_momentum", -0.75), inputs.get("apg_norm_threshold", 55.0))
-    scheduler = inputs.get("scheduler") or "flow_euler"
-    auto_shift = DISTILL_SHIFT if scheduler == "distill" else default_shift(family)
+    scheduler, mode = inputs.get("scheduler") or "flow_euler", inputs.get("mode") or "infinitetalk"
+    auto_shift = DISTILL_SHIFT if scheduler == "distill" else SVI_SHIFT if mode == "svi_talk" else \
+        default_shift(family)
     cache = StepCacheSettings(inputs.get("step_cache") or "none", inputs.get("cache_threshold") or 0.0,
                               inputs.get("cache_start_step") or 0, inputs.get("cache_end_step") or 0, family)
     settings = StreamSettings(
@@ -90,7 +91,7 @@ def _settings(inputs: dict, refs, family: str) -> StreamSettings:
         reference_overflow=refs.overflow, step_cache=cache, scheduler=scheduler,
         refine=RefineSettings(inputs.get("refine_every") or 0, inputs.get("refine_strength", 0.3),
                               inputs.get("refine_steps", 4)),
-        denoise=1.0 if inputs.get("denoise") is None else float(inputs["denoise"]))
+        denoise=1.0 if inputs.get("denoise") is None else float(inputs["denoise"]), mode=mode)
     settings.validate()
     return settings
 
@@ -296,15 +297,17 @@ def _prepare(inputs: dict, host, node_id) -> _Prepared:
     size, family = target_size(inputs, refs)
     settings = _settings(inputs, refs, family)
     previous = previous_from_comfy(inputs.get("previous_frames"), size)
-    plan = plan_chunks(feats.num_frames, inputs["chunk_frames"], inputs["context_frames"],
-                       inputs.get("max_frames") or None, lead_context=previous is not None)
+    context = SVI_MOTION_FRAMES if settings.mode == "svi_talk" else inputs["context_frames"]
+    plan = plan_chunks(feats.num_frames, inputs["chunk_frames"], context, inputs.get("max_frames") or None,
+                       lead_context=previous is not None)
     if feats.boxes is not None and feats.mask_size not in (None, (refs.height, refs.width)):
         raise InputValidationError(
             f"The speaker masks are {feats.mask_size[1]}x{feats.mask_size[0]} but the reference is "
             f"{refs.width}x{refs.height}, so their boxes would land on the wrong places.",
             "Paint mask_1 and mask_2 on the reference image itself (same size), e.g. with the mask editor "
             "of its LoadImage.")
-    warning = speaker_weights_warning(model.files, feats.num_speakers)
+    warning = speaker_weights_warning(model.files, feats.num_speakers) or svi_weights_warning(model.files,
+                                                                                               settings.mode)
     if warning:
         log.warning(warning)
         host.send_progress({"stage": "preparing", "chunk": 0, "chunks": plan.num_chunks, "warning": warning},

@@ -43,7 +43,7 @@ class InfiniteTalkStreamingSampler:
     def INPUT_TYPES(cls):
         from ..infinitetalk_core.sampling.schedulers import SCHEDULERS
         from ..infinitetalk_core.sampling.step_cache import STEP_CACHES
-        from ..infinitetalk_core.stream.settings import COLOR_METHODS, COLOR_REFERENCES
+        from ..infinitetalk_core.stream.settings import COLOR_METHODS, COLOR_REFERENCES, MODES
 
         return {
             "required": {
@@ -155,6 +155,12 @@ class InfiniteTalkStreamingSampler:
                                           "kept. 0 = off. Re-queueing the same re-roll resumes it."}),
                 "reroll_seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip":
                                 "Seed of the re-rolled chunk (later chunks keep the seed above)."}),
+                "mode": (list(MODES), {"default": "infinitetalk", "tooltip":
+                         "infinitetalk: InfiniteTalk's conditioning (context_frames clean context frames). "
+                         "svi_talk: Stable Video Infinity's talk mode, for MultiTalk audio weights + the "
+                         "SVI-Talk LoRA: each chunk continues from 1 motion frame (context_frames is "
+                         "ignored) with the reference image as every padding frame; shift 0 = its 5. "
+                         "SVI-Talk's settings: 50 steps, text 2, audio 5."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -60,3 +60,12 @@ def speaker_weights_warning(model_files, num_speakers: int) -> str | None:
                 "file; lip sync of speaker 2 will be weak. Load the 'multi' InfiniteTalk weights for two "
                 "speakers.")
     return None
+
+
+def svi_weights_warning(model_files, mode: str) -> str | None:
+    """A warning when SVI-Talk runs on audio weights other than MultiTalk's (what its LoRA was trained on)."""
+    names = [Path(str(f)).name.lower() for f in list(model_files or [])[-1:]]
+    if mode == "svi_talk" and names and "multitalk" not in names[0]:
+        return ("mode svi_talk: the SVI-Talk LoRA was trained on MultiTalk's audio weights (multitalk.safetensors), "
+                f"but the audio weights loaded are {names[0]!r}; with InfiniteTalk's it is an untested hybrid.")
+    return None

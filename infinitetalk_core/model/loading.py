@@ -63,11 +63,12 @@ class LoadReport:
         c = self.config
         lora = "".join(f"; LoRA {r.path.name} x{r.strength}: {r.applied} patches" for r in self.loras)
         fp8 = f"; fp8 weights {self.fp8_weights} ({self.fp8_mode})" if self.fp8_weights else ""
+        audio = "" if self.audio is None else f"; audio weights: {self.audio.describe()} from {self.audio.path.name}"
         return (
             f"DiT dim {c.dim}, {c.num_layers} layers, {c.num_heads} heads, in_dim {c.in_dim}, audio "
             f"{'yes' if c.has_audio else 'no'}: {self.loaded_keys} tensors ({self.audio_keys} audio) from "
             f"{len(self.files)} file(s), dtypes {'/'.join(self.dtypes_seen)} -> {self.dtype} on {self.device}"
-            f"{fp8}{lora}"
+            f"{fp8}{audio}{lora}"
         )
 
 

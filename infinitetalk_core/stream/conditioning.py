@@ -6,6 +6,11 @@
 - context latents = VAE(context pixels): the reference frame alone on the first chunk (1 latent), the
   last M generated frames after colour correction later ((M−1)/4 + 1 latents).
 - CLIP features of the chunk's reference frame, when an image encoder is given.
+
+SVI-Talk (``mode = svi_talk``, Stable Video Infinity's ``encode_images_adaptive`` with ref_pad_num −1):
+- y = [mask | VAE(the N motion frames + the reference frame as each of the F − N padding frames)], the
+  mask 1 on latent frame 0 only (as there, even for N > 1); no clean context latents;
+- CLIP features of the first motion frame (the previous chunk's last frame; chunk 0: the reference).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ class ChunkConditioning:
     """What the DiT sees besides the noisy latent and audio, for one chunk."""
 
     y: torch.Tensor  # [20, T, h, w]
-    context_latents: torch.Tensor  # [16, Tc, h, w]
+    context_latents: torch.Tensor | None  # [16, Tc, h, w] (None: SVI-Talk writes no context)
     clip_features: torch.Tensor | None  # [1, 257, clip_dim]
 
 
@@ -82,6 +87,24 @@ def encode_clip(image_encoder: ImageEncoder | None, reference: torch.Tensor) -> 
             "Use a CLIP vision model's penultimate hidden states (ViT-H/14).",
         )
     return features
+
+
+def encode_y_svi(vae: VideoVAE, motion: torch.Tensor, reference: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+    """motion [3, N, H, W] and reference [3, H, W] in [-1, 1] -> SVI-Talk's y [20, T, h, w]."""
+    _, given, height, width = motion.shape
+    pad = reference[:, None].expand(3, chunk_frames - given, height, width)
+    latents = vae.encode(torch.cat([motion.float(), pad.float()], dim=1))
+    _check_latents(latents, chunk_frames, height, width, "the SVI-Talk conditioning clip")
+    mask = first_frame_mask(latents.shape[1], latents.shape[2], latents.shape[3], latents.device)
+    return torch.cat([mask, latents.float()], dim=0)
+
+
+def build_svi_conditioning(vae: VideoVAE, reference: torch.Tensor, motion: torch.Tensor, chunk_frames: int,
+                           image_encoder: ImageEncoder | None = None) -> ChunkConditioning:
+    """One SVI-Talk chunk's conditioning: y from the motion frames and the reference, CLIP of the first
+    motion frame, no context latents."""
+    return ChunkConditioning(encode_y_svi(vae, motion, reference, chunk_frames), None,
+                             encode_clip(image_encoder, motion[:, 0]))
 
 
 def build_conditioning(

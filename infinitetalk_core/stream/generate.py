@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from ..audio import chunk_audio_windows
 from ..color import match_colors_signed
 from ..errors import NonFiniteError
 from ..video.writer import frames_to_uint8_on_device
-from .conditioning import ChunkConditioning, build_conditioning, encode_clip, encode_context
+from .chunk_result import ChunkResult, StreamState
+from .conditioning import (ChunkConditioning, build_conditioning, build_svi_conditioning, encode_clip,
+                           encode_context)
 from .dub import ChunkDub, chunk_dub, finish_dub
 from .dub_mask import DubMask
 from .model_fn import PassBatching, counting, make_model_fn
@@ -45,71 +46,6 @@ from .sources import ReferenceFrames
 from .validation import validate_stream_inputs
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class StreamState:
-    """What the next chunk needs from the previous ones. ``context_pixels``: [3, M, H, W] float32 CPU
-    (the last M frames after colour correction), None before the first chunk."""
-
-    next_chunk: int = 0
-    context_pixels: torch.Tensor | None = None
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        out = {"next_chunk": torch.tensor([self.next_chunk], dtype=torch.int64)}
-        if self.context_pixels is not None:
-            out["context_pixels"] = self.context_pixels
-        return out
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "StreamState":
-        return cls(int(tensors["next_chunk"][0]), tensors.get("context_pixels"))
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    """One finished chunk.
-
-    ``pixels_uint8``: the kept frames as written to a job, uint8 [n, H, W, 3] on the CPU, converted on the
-    device (``frames_uint8()`` gives the numpy view). ``frames``: the kept frames [3, n, H, W] float32 CPU in
-    [-1, 1] (after colour), exactly as decoded while the result still holds its float frames (they stay on
-    the compute device until asked for, so a GPU run moves only uint8 and the context tail to the host);
-    once a job writer has called ``release_float_frames()`` (``render.commit_chunks`` does, so the next
-    chunk does not sample beside them) ``frames`` is derived from ``pixels_uint8`` (u / 127.5 - 1: within
-    half a uint8 step of the decoded values).
-    """
-
-    chunk: ChunkPlan
-    num_chunks: int
-    pixels_uint8: torch.Tensor
-    reference_index: int
-    state: StreamState  # the state after this chunk (persist it to resume)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: vae (+conditioning), dit, colour, dub, post
-    pass_calls: int = 0  # guidance-pass evaluations the sampler asked for (steps x passes)
-    skipped_calls: int = 0  # of those, answered by the step cache without the transformer blocks
-    refine_calls: int = 0  # extra pass calls of the context refinement before this chunk (experimental)
-    # the kept float frames [3, n, H, W] on the compute device until released (a one-slot holder: frozen)
-    float_frames: list = field(default_factory=list, repr=False, compare=False)
-
-    @property
-    def index(self) -> int:
-        return self.chunk.index
-
-    @property
-    def frames(self) -> torch.Tensor:
-        """[3, n, H, W] float32 CPU in [-1, 1]: exact until ``release_float_frames()``, then uint8-derived."""
-        if self.float_frames:
-            return self.float_frames[0].to("cpu", torch.float32)
-        return self.pixels_uint8.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
-
-    def release_float_frames(self) -> None:
-        """Drop the float frames (device memory on a GPU run); ``frames`` is uint8-derived afterwards."""
-        self.float_frames.clear()
-
-    def frames_uint8(self) -> np.ndarray:
-        """[n, H, W, 3] uint8 ((x+1)/2·255, rounded, clipped; bit-identical to ``frames_to_uint8(frames)``
-        of the float frames)."""
-        return self.pixels_uint8.numpy()
-
 
 def generate_chunks(
     model: torch.nn.Module,
@@ -323,7 +259,12 @@ def _generate_chunk(
 
 
 def _conditioning(run: _Run, cache: dict, ref_index: int, reference: torch.Tensor, context_pixels: torch.Tensor):
-    """(y, CLIP features, context latents); y and CLIP are reused while the reference frame repeats."""
+    """(y, CLIP features, context latents); y and CLIP are reused while the reference frame repeats.
+    SVI-Talk: y and CLIP come from the motion frames (the context pixels), every chunk; no context."""
+    if run.settings.mode == "svi_talk":
+        cond = build_svi_conditioning(run.vae, reference, context_pixels, run.plan.chunk_frames,
+                                      run.image_encoder)
+        return cond.y, cond.clip_features, None
     if ref_index in cache:
         cached = cache[ref_index]
         return cached.y, cached.clip_features, encode_context(run.vae, context_pixels)
@@ -342,7 +283,7 @@ def _refine(run: _Run, chunk: ChunkPlan, state: StreamState, reference: torch.Te
     return refine_context_pixels(run, chunk, context_pixels, reference, clip, target)
 
 
-def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor,
+def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditioning: tuple, context: torch.Tensor | None,
                   dub: ChunkDub | None = None) -> tuple[torch.Tensor, int, int]:
     """Denoise one chunk with the run's scheduler and a fresh step cache -> (latents, pass calls, skipped)."""
     settings, device, num_chunks = run.settings, run.device, run.plan.num_chunks
@@ -364,7 +305,7 @@ def _sample_chunk(run: _Run, chunk: ChunkPlan, clock: ProgressClock, conditionin
     if dub is not None:
         start, extra["pin"] = _dub_start(dub, noise, run.timesteps, settings.denoise)
     latents = scheduler_sampler(settings.scheduler)(
-        model_fn, start, run.timesteps, context.to(device),
+        model_fn, start, run.timesteps, None if context is None else context.to(device),
         settings.guidance, _step_callback(run.hooks, clock, chunk.index, num_chunks), **extra)
     skipped = 0 if step_cache is None else step_cache.skipped
     if step_cache is not None:

@@ -22,6 +22,12 @@ COLOR_METHODS = ("none", *_MATCH_METHODS)  # none, lab (reference), histogram, m
 # previous_tail: the previous chunk's last M frames after correction (first chunk: its reference).
 COLOR_REFERENCES = _MATCH_REFERENCES
 AUDIO_PADDINGS = ("mirror", "silence")
+# infinitetalk: the reference's conditioning (y = reference + grey frames, M clean context latents);
+# svi_talk: Stable Video Infinity's talk layout (y = 1 motion frame + the reference as every padding
+# frame, CLIP of the motion frame, no clean context latents), for MultiTalk weights + the SVI-Talk LoRA
+MODES = ("infinitetalk", "svi_talk")
+SVI_MOTION_FRAMES = 1  # SVI-Talk's num_motion_frames
+SVI_SHIFT = 5.0  # SVI-Talk's flow shift
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class StreamSettings:
     scheduler: str = "flow_euler"  # sampling.schedulers.SCHEDULERS
     refine: RefineSettings = field(default_factory=RefineSettings)  # experimental context refinement
     denoise: float = 1.0  # < 1: start each chunk from the noised source video latents (dubbing)
+    mode: str = "infinitetalk"  # MODES
 
     def validate(self) -> None:
         """Raise InputValidationError naming the first bad setting (cheap; no model needed)."""
@@ -60,6 +67,7 @@ class StreamSettings:
         _choice("reference_strategy", self.reference_strategy, REFERENCE_STRATEGIES)
         _choice("reference_overflow", self.reference_overflow, OVERFLOW_MODES)
         _choice("audio_padding", self.audio_padding, AUDIO_PADDINGS)
+        _choice("mode", self.mode, MODES)
         s = self.color_strength
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not 0 <= s <= 1:
             raise InputValidationError(
@@ -78,6 +86,11 @@ class StreamSettings:
                 "Build it with RefineSettings(every=..., strength=..., steps=...).",
             )
         self.refine.validate()
+        if self.mode == "svi_talk" and self.refine.enabled:
+            raise InputValidationError(
+                "refine_every (context refinement) works on InfiniteTalk's context latents; svi_talk has none.",
+                "Set refine_every to 0 with mode svi_talk (SVI-Talk repairs drift itself, from the reference).",
+            )
         if not isinstance(self.batch_passes, bool):
             raise InputValidationError(
                 f"batch_passes must be True or False, got {self.batch_passes!r}.", "Pass a boolean."
@@ -115,6 +128,8 @@ class StreamSettings:
             del out["refine"]
         if self.denoise == 1.0:
             del out["denoise"]
+        if self.mode == "infinitetalk":
+            del out["mode"]
         return out
 
 

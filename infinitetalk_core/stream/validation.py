@@ -146,6 +146,15 @@ def _check_dub(dub_mask, references, settings: StreamSettings) -> None:
               "Give one mask for the whole video, or exactly one mask per source frame.")
 
 
+def _check_mode(settings: StreamSettings, plan: StreamPlan) -> None:
+    from .settings import SVI_MOTION_FRAMES
+
+    if settings.mode == "svi_talk" and plan.context_frames != SVI_MOTION_FRAMES:
+        _fail(f"mode svi_talk continues each clip from {SVI_MOTION_FRAMES} motion frame, but the plan carries "
+              f"{plan.context_frames} context frames.",
+              f"Plan with context_frames={SVI_MOTION_FRAMES} (the Streaming Sampler does this for svi_talk).")
+
+
 def _check_previous(previous, plan: StreamPlan, size: tuple[int, int]) -> None:
     if (previous is not None) != plan.lead_context:
         _fail("previous_frames and a plan with lead_context go together.",
@@ -186,6 +195,7 @@ def validate_stream_inputs(
         )
     _check_masks(ref_target_masks, len(persons), tuple(references.size))
     _check_state(state, plan, tuple(references.size))
+    _check_mode(settings, plan)
     _check_dub(dub_mask, references, settings)
     _check_previous(previous_frames, plan, tuple(references.size))
     return persons

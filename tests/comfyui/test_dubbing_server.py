@@ -73,3 +73,14 @@ def test_reroll_through_the_api_regenerates_from_that_chunk(server, tmp_path):
     after = {c["index"]: c["sha256"] for c in body["chunks"]}
     assert body["rerolls"] == {"2": 1234} and len(after) == 4
     assert [after[i] == before[i] for i in range(4)] == [True, True, False, False]
+
+
+def test_svi_talk_mode_runs_through_the_api(server, tmp_path):
+    files = write_inputs(tmp_path, 2.0)
+    graph = tiny_graph("infinitetalk_image_to_video")
+    graph["12"]["inputs"].update(mode="svi_talk", text_guidance=2.0, audio_guidance=5.0)
+    history = run(server, graph, {"image": files["image"], "audio": files["audio"]})
+    assert history["status"]["status_str"] == "success", json.dumps(history["status"])[-3000:]
+    (video,) = _script().videos(history)
+    frames, has_audio = mp4_info(server["base"] / "output" / video["subfolder"] / video["filename"])
+    assert frames == 50 and has_audio

@@ -124,3 +124,16 @@ def test_previous_frames_continue_a_clip(graph):
     handle, _, count, _ = sampler.sample(**sampler_inputs(graph, refs, feats, previous_frames=tail))
     assert count == 20 and len(_frames(handle)) == 20 and len(_jobs(graph)) == 2
     assert np.abs(_frames(handle)[:4].astype(int) - _frames(fresh)[:4]).mean() > 1  # it continued the tail
+
+
+def test_svi_talk_mode_from_the_node(graph, pack_module):
+    n, host_mod = graph["nodes"], pack_module("nodes.host")
+    feats, *_ = n["InfiniteTalkAudioEncode"]().encode(graph["wav2vec"], speech(2.4), False)  # 60 frames
+    refs, _ = n["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0, image=torch.rand(1, 64, 64, 3))
+    events = record_progress(host_mod)
+    handle, _, count, _ = n["InfiniteTalkStreamingSampler"]().sample(**sampler_inputs(
+        graph, refs, feats, mode="svi_talk", text_guidance=2.0, audio_guidance=5.0))
+    layout = json.loads((Path(handle.path) / "manifest.json").read_text())["layout"]
+    assert count == 60 and len(_frames(handle)) == 60
+    assert layout["num_chunks"] == 4  # 17-frame chunks continuing from 1 motion frame (5 context: 5 chunks)
+    assert any("trained on MultiTalk" in e.get("warning", "") for e in events)  # tiny InfiniteTalk weights
