@@ -1,8 +1,10 @@
 """``python -m infinitetalk_core.doctor [MODELS_DIR]``: which model file is which, and what is missing.
 
-Reads safetensors headers only (``identify_file``; no weights are loaded), so it runs in seconds on a
-full 60 GB models folder. MODELS_DIR is ComfyUI's ``models`` folder (default: $INFINITETALK_MODELS_DIR,
-else ./models). Exit status: 0 when everything the example workflows need is present, 1 otherwise.
+Reads safetensors / GGUF headers only (``identify_file``; no weights are loaded), so it runs in seconds
+on a full 60 GB models folder. GGUF files are reported with their quantization (the dominant tensor
+type, e.g. Q4_K), tensor count and any tensor type the loader cannot read. MODELS_DIR is ComfyUI's
+``models`` folder (default: $INFINITETALK_MODELS_DIR, else ./models). Exit status: 0 when everything the
+example workflows need is present, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from pathlib import Path
 from .errors import InfiniteTalkError
 from .model.identify import COMFY_FOLDERS, FileIdentity, identify_file
 
-MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt")
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt", ".gguf")
 REPACK = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/tree/main/split_files"
+GGUF_DIT = "https://huggingface.co/city96/Wan2.1-I2V-14B-480P-gguf"
+FOLDER_ALIASES = {"diffusion_models": ("diffusion_models", "unet")}  # ComfyUI reads both as one list
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ class Need:
 
 NEEDS = (
     Need("wan_dit", "Wan2.1 I2V-14B DiT", True,
-         f"{REPACK}/diffusion_models (wan2.1_i2v_480p_14B_fp16.safetensors or _fp8_e4m3fn)"),
+         f"{REPACK}/diffusion_models (wan2.1_i2v_480p_14B_fp16.safetensors or _fp8_e4m3fn), or a GGUF "
+         f"from {GGUF_DIT} (e.g. wan2.1-i2v-14b-480p-Q4_K_M.gguf)"),
     Need("infinitetalk", "InfiniteTalk audio weights (single)", True,
          f"{REPACK}/model_patches (wan2.1_infiniteTalk_single_fp16.safetensors), or "
          "https://huggingface.co/Kijai/WanVideo_comfy/tree/main/InfiniteTalk"),
@@ -56,7 +61,8 @@ class Finding:
 
     def folder_ok(self, root: Path) -> bool:
         want = self.identity.comfy_folder if self.identity else None
-        return want is None or want in self.path.relative_to(root).parts[:-1]
+        folders = FOLDER_ALIASES.get(want, (want,))
+        return want is None or any(f in self.path.relative_to(root).parts[:-1] for f in folders)
 
 
 def model_files(root: Path) -> Iterable[Path]:
@@ -80,11 +86,14 @@ def _describe(f: Finding) -> str:
     if f.identity is None:
         return f"unreadable: {f.error}"
     extra = " fp8-scaled" if f.identity.fp8_scaled else ""
+    if f.identity.container == "gguf":
+        file_type = f.identity.details.get("gguf_file_type")
+        extra += f", {f.identity.tensor_count} tensors" + (f", file type {file_type}" if file_type else "")
     return f.identity.describe() + extra
 
 
 def _is_usable(identity: FileIdentity, need: Need) -> bool:
-    if identity.kind != need.kind:
+    if identity.kind != need.kind or identity.details.get("gguf_unsupported_types"):
         return False
     if need.kind == "wan_dit":  # InfiniteTalk is trained on the I2V 14B model only
         return identity.variant == "i2v" and identity.size == "14B"

@@ -5,6 +5,8 @@ in the process's resident set until the file is closed, so streaming a 10 GB fp3
 10 GB of RSS. Reading each tensor with ``readinto`` into its own buffer keeps peak host memory at the
 converted model plus the largest single tensor, and lets us say exactly how a file is truncated.
 ``.pth`` / ``.bin`` files only go through ``torch.load(weights_only=True)`` (no code execution).
+``.gguf`` headers come from ``gguf_reader`` (the ``gguf`` package); their data is read here like
+safetensors data, block-quantized tensors as their raw bytes (uint8).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+GGUF_SUFFIXES = (".gguf",)
 MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
 
 DOWNLOAD_AGAIN = "Download the file again: the copy on disk is incomplete or damaged."
@@ -49,7 +52,7 @@ class TensorEntry:
     """One tensor as a file describes it. ``start``/``end`` are absolute byte offsets (0 when unknown)."""
 
     name: str
-    dtype: str  # safetensors spelling: F32, BF16, F8_E4M3, ...
+    dtype: str  # safetensors spelling: F32, BF16, F8_E4M3, ...; GGUF block types by GGML name: Q4_K, ...
     shape: tuple[int, ...]
     start: int = 0
     end: int = 0
@@ -61,7 +64,7 @@ class FileHeader:
 
     path: Path
     entries: Mapping[str, TensorEntry]
-    container: str  # "safetensors" | "pickle"
+    container: str  # "safetensors" | "pickle" | "gguf"
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -219,9 +222,13 @@ def read_header(path: str | Path) -> FileHeader:
         return read_safetensors_header(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return read_pickle_header(path)
+    if path.suffix.lower() in GGUF_SUFFIXES:
+        from .gguf_reader import read_gguf_header  # the gguf package is only needed for .gguf files
+
+        return read_gguf_header(path)
     raise PipelineLoadError(
         f"{path}: unknown checkpoint format '{path.suffix}'.",
-        "Use a .safetensors file (or a shard folder with its .index.json); .pth/.bin also work.",
+        "Use a .safetensors file (or a shard folder with its .index.json); .pth/.bin and .gguf also work.",
     )
 
 
@@ -233,6 +240,8 @@ def _read_tensor(f, entry: TensorEntry, buf: torch.Tensor) -> torch.Tensor:
         raise _load_error(
             Path(f.name), f"the file ended while reading '{entry.name}' ({got} of {len(buf)} bytes)."
         )
+    if entry.dtype not in SAFETENSORS_DTYPES:  # a GGUF block-quantized tensor: its raw blocks
+        return buf
     return buf.view(SAFETENSORS_DTYPES[entry.dtype]).reshape(entry.shape)
 
 
@@ -240,6 +249,9 @@ def iter_tensors(
     header: FileHeader, names: Iterable[str] | None = None, reuse_buffer: bool = False
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield ``(name, tensor)`` one at a time (CPU, the file's dtype), in file order unless names are given.
+
+    GGUF block-quantized tensors (``entry.dtype`` not a safetensors dtype) come as their raw bytes, 1-D
+    uint8; ``gguf_quants.dequantize`` turns them into values.
 
     ``reuse_buffer``: read every tensor into one scratch buffer (as large as the largest tensor) that is
     overwritten at the next step, so the caller must convert or copy each tensor before asking for the

@@ -5,16 +5,22 @@ users which ComfyUI models folder a file belongs in. Decisions come from shapes 
 from the file name, with one exception that is said out loud: InfiniteTalk single, InfiniteTalk multi and
 MultiTalk audio weights have identical names and shapes, so the header cannot tell them apart; ``variant``
 then repeats what the file name says (and ``notes`` says so).
+
+GGUF files are classified by the same tensor names; their identity adds ``quantization`` (the block type
+holding the most elements, e.g. Q4_K in a Q4_K_M file), the GGUF architecture string and the count of
+tensors per type in ``details``, and a note naming any type the loader cannot dequantize.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from .checkpoint import FileHeader, read_header, resolve_checkpoint_files
-from .layouts import FP8_DTYPES, FileLayout, is_audio_key, map_layout
+from .gguf_quants import SUPPORTED_TYPES
+from .layouts import FP8_DTYPES, FileLayout, is_audio_key, is_block_quantized, map_layout
 
 COMFY_FOLDERS = {
     "wan_dit": "diffusion_models",
@@ -44,6 +50,8 @@ class FileIdentity:
     comfy_folder: str | None = None
     details: Mapping[str, int | bool | str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    container: str = "safetensors"  # "safetensors" | "pickle" | "gguf"
+    quantization: str | None = None  # GGUF: the dominant tensor type, e.g. "Q4_K" (or "F16")
 
     def describe(self) -> str:
         """Short plain-words description, e.g. 'a Wan DiT (i2v, 14B, BF16)'."""
@@ -58,7 +66,8 @@ class FileIdentity:
             "clip_vision": "a CLIP vision encoder",
             "unknown": "an unrecognised model",
         }
-        bits = [b for b in (self.variant, self.size, "/".join(self.dtypes)) if b]
+        storage = f"GGUF {self.quantization}" if self.container == "gguf" else "/".join(self.dtypes)
+        bits = [b for b in (self.variant, self.size, storage) if b]
         return f"{names[self.kind]} ({', '.join(bits)})" if bits else names[self.kind]
 
 
@@ -178,6 +187,37 @@ def classify(shapes: Mapping[str, Sequence[int]], raw_keys: Sequence[str], path:
     return {"kind": "unknown"}
 
 
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _gguf_facts(headers: Sequence[FileHeader]) -> dict:
+    """quantization, details and notes of GGUF files (empty for other containers)."""
+    if headers[0].container != "gguf":
+        return {}
+    entries = [e for h in headers for e in h.entries.values()]
+    quantized = [e for e in entries if is_block_quantized(e)]
+    weight = Counter()
+    for e in quantized or entries:  # a GGUF without block types is "F16"/"BF16"/"F32"
+        weight[e.dtype] += _numel(e.shape)
+    types = Counter(e.dtype for e in entries)
+    unsupported = sorted(t for t in types if t not in SUPPORTED_TYPES)
+    meta = headers[0].metadata
+    details = {"tensor_types": ", ".join(f"{t} x{n}" for t, n in sorted(types.items()))}
+    details.update({k: meta[m] for k, m in (("gguf_arch", "general.architecture"),
+                                            ("gguf_file_type", "general.file_type")) if m in meta})
+    notes = ()
+    if unsupported:
+        details["gguf_unsupported_types"] = ", ".join(unsupported)
+        notes = (f"GGUF tensor types {', '.join(unsupported)} are not supported by this loader "
+                 f"(it reads {', '.join(SUPPORTED_TYPES)}).",)
+    quantization = weight.most_common(1)[0][0] if weight else None
+    return {"quantization": quantization, "details": details, "notes": notes}
+
+
 def identify_headers(
     headers: Sequence[FileHeader], path: Path | None = None
 ) -> tuple[FileIdentity, list[FileLayout]]:
@@ -187,6 +227,8 @@ def identify_headers(
     raw_keys = [n for h in headers for n in h.entries]
     path = Path(path or headers[0].path)
     found = classify(shapes, raw_keys, path)
+    gguf = _gguf_facts(headers)
+    found["details"] = {**found.get("details", {}), **gguf.get("details", {})}
     dtypes = tuple(sorted({d for h in headers for d in h.dtypes}))
     fp8 = any(layout.fp8_keys and (layout.scales or layout.quant_configs) for layout in layouts)
     kind = found.pop("kind")
@@ -199,11 +241,14 @@ def identify_headers(
         tensor_count=len(raw_keys),
         comfy_folder=COMFY_FOLDERS.get(kind),
         notes=tuple(found.pop("notes", ()))
+        + gguf.get("notes", ())
         + (
             ("fp8 weights without scales (plain fp8 cast)",)
             if not fp8 and set(dtypes) & set(FP8_DTYPES)
             else ()
         ),
+        container=headers[0].container,
+        quantization=gguf.get("quantization"),
         **found,
     )
     return identity, layouts

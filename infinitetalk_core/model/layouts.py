@@ -8,7 +8,10 @@ and one rule for fp8 files. Layouts covered (see shared/manifests):
 - fp8 "scaled": ``<module>.weight`` in F8 with a ``<module>.scale_weight`` (ComfyUI scaled_fp8, kijai
   ``_scaled_KJ``) or ``<module>.weight_scale`` sibling; ``scale_input`` / ``input_scale`` are activation
   hints we ignore; the ``scaled_fp8`` marker is dropped; newer ComfyUI files add ``<module>.comfy_quant``
-  (a JSON blob naming the format) and may store the fp8 bytes as U8.
+  (a JSON blob naming the format) and may store the fp8 bytes as U8;
+- GGUF (city96's Wan2.1 GGUFs, Kijai's InfiniteTalk GGUFs): the original names above, no prefix, through
+  the same table; block-quantized tensors (``is_block_quantized``: Q8_0, Q4_K, ...) keep their logical
+  shape in the entry, so the name-and-shape checks are those of every other layout.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .checkpoint import TensorEntry
+from .checkpoint import SAFETENSORS_DTYPES, TensorEntry
 
 MODEL_KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
 FP8_MARKER = "scaled_fp8"
@@ -33,6 +36,11 @@ _AUDIO_KEY = re.compile(r"^(audio_proj\.|blocks\.\d+\.(audio_cross_attn|norm_x)\
 def is_audio_key(key: str) -> bool:
     """True for the InfiniteTalk/MultiTalk additions (audio_proj, blocks.N.audio_cross_attn / norm_x)."""
     return bool(_AUDIO_KEY.match(key))
+
+
+def is_block_quantized(entry: TensorEntry) -> bool:
+    """A GGUF tensor stored as GGML quantization blocks (raw bytes), not as plain elements."""
+    return entry.dtype not in SAFETENSORS_DTYPES
 
 
 def common_prefix(names: list[str]) -> str:
@@ -67,6 +75,11 @@ class FileLayout:
     @property
     def fp8_keys(self) -> tuple[str, ...]:
         return tuple(k for k, e in self.params.items() if e.dtype in FP8_DTYPES or k in self.quant_configs)
+
+    @property
+    def quantized_keys(self) -> tuple[str, ...]:
+        """Model keys of GGUF block-quantized tensors (Q8_0, Q4_K, ...)."""
+        return tuple(k for k, e in self.params.items() if is_block_quantized(e))
 
     @property
     def audio_keys(self) -> tuple[str, ...]:

@@ -8,8 +8,9 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import PipelineLoadError
+from .gguf_quants import SUPPORTED_TYPES
 from .identify import FileIdentity
-from .layouts import FileLayout
+from .layouts import FileLayout, is_block_quantized
 
 WAN_NAMES = {5120: "Wan 14B", 1536: "Wan 1.3B", 3072: "Wan 2.2 5B"}
 PICK_BASE = (
@@ -19,6 +20,10 @@ PICK_BASE = (
 PICK_AUDIO = (
     "Pick the InfiniteTalk audio weights (e.g. wan2.1_infiniteTalk_single_fp16.safetensors in "
     "ComfyUI/models/model_patches, or MeiGen's single/infinitetalk.safetensors)."
+)
+PICK_GGUF = (
+    "Use a GGUF of a type this loader reads (Q8_0, Q6_K, Q5_K_M/S, Q4_K_M/S, Q5_0/1, Q4_0/1, Q3_K_M/S, "
+    "Q2_K, F16, e.g. city96/Wan2.1-I2V-14B-480P-gguf), or the fp8/fp16 .safetensors model."
 )
 SHOWN = 5
 
@@ -44,6 +49,13 @@ def check_base_file(base: FileIdentity, audio: FileIdentity | None) -> None:
         raise PipelineLoadError(
             f"{base.path}: this file is a VAE, not a Wan DiT.",
             "Load it with the VAE loader instead. " + PICK_BASE,
+        )
+    arch = base.details.get("gguf_arch")
+    if base.kind == "unknown" and arch not in (None, "wan"):
+        raise PipelineLoadError(
+            f"{base.path}: a GGUF of the '{arch}' architecture, not a Wan DiT: its {base.tensor_count} "
+            "tensors match no model layout this loader knows.",
+            PICK_BASE + " GGUF versions: city96/Wan2.1-I2V-14B-480P-gguf (models/diffusion_models or unet).",
         )
     if base.kind == "unknown":
         raise PipelineLoadError(
@@ -105,6 +117,25 @@ def check_audio_file(audio: FileIdentity, base: FileIdentity) -> None:
         raise PipelineLoadError(
             f"InfiniteTalk weights have {a_layers} blocks but the base model has {b_layers}.",
             "Use the base model the audio weights were trained for (Wan2.1 I2V 14B, 40 blocks).",
+        )
+
+
+def check_gguf_types(layouts: Sequence[FileLayout]) -> None:
+    """Every block-quantized GGUF tensor must be of a type ``gguf_quants`` dequantizes (named if not)."""
+    bad: dict[str, list[str]] = {}
+    for layout in layouts:
+        for key, entry in layout.params.items():
+            if is_block_quantized(entry) and entry.dtype not in SUPPORTED_TYPES:
+                bad.setdefault(entry.dtype, []).append(f"{key} in {layout.path.name if layout.path else '?'}")
+    if bad:
+        kinds = ", ".join(
+            f"{t} ({len(keys)} tensor{'s' if len(keys) > 1 else ''}, e.g. {keys[0]})"
+            for t, keys in sorted(bad.items())
+        )
+        raise PipelineLoadError(
+            f"the model holds GGUF tensors of a quantization type this loader does not read: {kinds}. "
+            f"It reads {', '.join(SUPPORTED_TYPES)}.",
+            PICK_GGUF,
         )
 
 

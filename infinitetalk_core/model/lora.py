@@ -36,6 +36,7 @@ import torch
 from ..errors import PipelineLoadError
 from .checkpoint import iter_tensors, read_header
 from .fp8 import dequantize_fp8, is_fp8
+from .gguf import add_gguf_patch, is_gguf_layer
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +290,16 @@ def merge_lora(
 ) -> int:
     """Add ``strength`` × each patch into ``model``'s weights in place (math in float32); returns the count.
 
-    An fp8-stored weight (fp8_mode="keep") is dequantised to ``dtype`` first and stays in ``dtype``.
+    An fp8-stored weight (fp8_mode="keep") is dequantised to ``dtype`` first and stays in ``dtype``. A
+    GGUF-quantized weight keeps its bytes: the patch is added to the dequantized weight at every call.
     """
     for patch in lora.patches:
         module_name, _, attr = patch.key.rpartition(".")
         module = model.get_submodule(module_name)
         param = getattr(module, attr)
+        if attr == "weight" and is_gguf_layer(module):
+            add_gguf_patch(module, patch, strength)
+            continue
         with torch.no_grad():
             if is_fp8(param):
                 merged = dequantize_fp8(param, getattr(module, "scale_weight", None), torch.float32)
