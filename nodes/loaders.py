@@ -14,6 +14,7 @@ from ..infinitetalk_core.model.attention import BACKENDS as ATTENTION_BACKENDS
 from ..infinitetalk_core.model.compile import COMPILE_MODES
 from .common import CATEGORY, MODEL_TYPE, WAV2VEC_TYPE, coded_errors, require
 from .host import ManagedModel, get_host
+from .model_lists import loadable, unloadable_reason
 
 NONE = "none"
 MERGED = "none (already in the base file)"
@@ -55,8 +56,24 @@ def _path(folder: str, name: str, what: str) -> str:
     return path
 
 
+GGUF_FOLDERS = ("diffusion_models", "model_patches")  # where the loader also lists .gguf files
+
+
+def _gguf_files(folder: str) -> list[str]:
+    """``.gguf`` files below ``folder``'s roots: ComfyUI's own lists leave them out (not a torch format)."""
+    names = []
+    for root in get_host().folder_roots(folder):
+        if root.is_dir():
+            names += [p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.suffix.lower() == ".gguf" and p.is_file()]
+    return names
+
+
 def _choices(folder: str, *extra: str) -> list[str]:
-    return [*extra, *get_host().model_list(folder)]
+    """The folder's model files; for the DiT and audio folders also every ``.gguf`` (checked at load)."""
+    listed = get_host().model_list(folder)
+    ggufs = _gguf_files(folder) if folder in GGUF_FOLDERS else []
+    return [*extra, *listed, *sorted(set(ggufs) - set(listed))]
 
 
 class InfiniteTalkModelLoader:
@@ -76,12 +93,14 @@ class InfiniteTalkModelLoader:
         loras = _choices("loras", NONE)
         return {
             "required": {
-                "base_model": (_choices("diffusion_models"), {
-                    "tooltip": "Wan2.1 I2V-14B DiT (models/diffusion_models), e.g. "
-                               "wan2.1_i2v_480p_14B_fp16.safetensors or an fp8-scaled file."}),
-                "infinitetalk_model": (_choices("model_patches", MERGED), {
+                "base_model": (loadable("diffusion_models", _choices("diffusion_models"), "base"), {
+                    "tooltip": "Wan2.1 I2V-14B DiT (models/diffusion_models or models/unet), e.g. "
+                               "wan2.1_i2v_480p_14B_fp16.safetensors, an fp8-scaled file, or a GGUF "
+                               "(city96's Q8_0 ... Q3_K: weights stay quantized, dequantized per layer)."}),
+                "infinitetalk_model": ([MERGED, *loadable("model_patches", _choices("model_patches"), "audio")], {
                     "tooltip": "InfiniteTalk audio weights (models/model_patches), e.g. "
-                               "wan2.1_infiniteTalk_single_fp16.safetensors. Choose 'none' only if the base "
+                               "wan2.1_infiniteTalk_single_fp16.safetensors or Kijai's "
+                               "Wan2_1-InfiniteTalk_Single_Q8.gguf. Choose 'none' only if the base "
                                "file already contains the audio layers."}),
                 "weight_dtype": (list(WEIGHT_DTYPES), {
                     "default": "bf16",
@@ -112,6 +131,16 @@ class InfiniteTalkModelLoader:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, base_model, infinitetalk_model):
+        """The lists hold only loadable files; a file named anyway is refused here with the reason (and
+        ComfyUI's own "value not in list" check is skipped for these two)."""
+        reason = unloadable_reason("diffusion_models", base_model, "base")
+        if reason is None and infinitetalk_model != MERGED:
+            reason = unloadable_reason("model_patches", infinitetalk_model, "audio")
+            return True if reason is None else f"infinitetalk_model: {reason}"
+        return True if reason is None else f"base_model: {reason}"
+
     @coded_errors("loading the InfiniteTalk model")
     def load(self, base_model, infinitetalk_model, weight_dtype, fp8_weights, attention,
              lora_1=NONE, strength_1=1.0, lora_2=NONE, strength_2=1.0, compile="off"):
@@ -139,12 +168,19 @@ class InfiniteTalkModelLoader:
 
 
 def _apply_loras(host, managed: ManagedModel, loras) -> ManagedModel:
-    """ComfyUI: patcher weight patches (unpatched on unload); plain torch: merged in place."""
+    """ComfyUI: patcher weight patches (unpatched on unload); plain torch: merged in place.
+
+    Patches of GGUF-quantized weights stay with their layers (added to the dequantized weight at each
+    call): a host adding deltas to the stored values would add them to block bytes.
+    """
+    from ..infinitetalk_core.model.gguf import logical_shapes, split_gguf_patches
     from ..infinitetalk_core.model.lora import load_lora
 
-    shapes = {k: tuple(v.shape) for k, v in managed.module.state_dict().items()} if loras else {}
+    shapes = logical_shapes(managed.module) if loras else {}
     for path, strength in loras:
-        managed = host.add_weight_patches(managed, load_lora(path, target_shapes=shapes), strength)
+        rest = split_gguf_patches(managed.module, load_lora(path, target_shapes=shapes), strength)
+        if rest.patches:
+            managed = host.add_weight_patches(managed, rest, strength)
     return managed
 
 

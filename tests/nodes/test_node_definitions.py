@@ -80,19 +80,45 @@ def test_defaults_are_the_reference_values(pack):
     assert optional["apg_momentum"][1]["default"] == -0.75 and optional["apg_norm_threshold"][1]["default"] == 55
 
 
+def _tiny_model_files(pack, models_dir) -> None:
+    """A tiny Wan DiT and its audio weights (real key layout), plus files the loader cannot use."""
+    from importlib import import_module
+
+    from safetensors.torch import save_file
+
+    core = pack.__name__ + ".infinitetalk_core"
+    state = import_module(core + ".stream.standins").tiny_dit(seed=0).state_dict()
+    is_audio = import_module(core + ".model.layouts").is_audio_key
+    save_file({k: v for k, v in state.items() if not is_audio(k)}, models_dir / "diffusion_models" / "wan.safetensors")
+    save_file({k: v for k, v in state.items() if is_audio(k)}, models_dir / "model_patches" / "it.safetensors")
+    save_file({k: v for k, v in state.items() if is_audio(k)}, models_dir / "diffusion_models" / "audio_only.safetensors")
+    (models_dir / "diffusion_models" / "broken.safetensors").write_bytes(b"x")  # damaged: not listed
+    save_file({k: v for k, v in state.items() if not is_audio(k)}, models_dir / "model_patches" / "base.safetensors")
+
+
 def test_model_lists_come_from_the_models_folder(pack, models_dir):
-    (models_dir / "diffusion_models" / "wan.safetensors").write_bytes(b"x")
-    (models_dir / "model_patches" / "it.safetensors").write_bytes(b"x")
+    _tiny_model_files(pack, models_dir)
     (models_dir / "audio_encoders" / "w2v.safetensors").write_bytes(b"x")
     (models_dir / "loras" / "sub").mkdir()
     (models_dir / "loras" / "sub" / "l.safetensors").write_bytes(b"x")
     (models_dir / "loras" / "notes.txt").write_text("not a model")
     loader = pack.NODE_CLASS_MAPPINGS["InfiniteTalkModelLoader"].INPUT_TYPES()
-    assert loader["required"]["base_model"][0] == ["wan.safetensors"]
+    assert loader["required"]["base_model"][0] == ["wan.safetensors"]  # only what it can load
     assert loader["required"]["infinitetalk_model"][0][1:] == ["it.safetensors"]
     assert loader["optional"]["lora_1"][0] == ["none", "sub/l.safetensors"]
     w2v = pack.NODE_CLASS_MAPPINGS["InfiniteTalkWav2VecLoader"].INPUT_TYPES()
     assert w2v["required"]["wav2vec_model"][0] == ["w2v.safetensors"]
+
+
+def test_files_the_loader_cannot_load_are_refused_with_the_reason(pack, models_dir):
+    _tiny_model_files(pack, models_dir)
+    validate = pack.NODE_CLASS_MAPPINGS["InfiniteTalkModelLoader"].VALIDATE_INPUTS
+    assert validate("wan.safetensors", "it.safetensors") is True
+    assert "holds only InfiniteTalk/MultiTalk audio weights" in validate("audio_only.safetensors", "it.safetensors")
+    assert validate("broken.safetensors", "it.safetensors").startswith("base_model: E_")
+    refused = validate("wan.safetensors", "base.safetensors")
+    assert refused.startswith("infinitetalk_model:") and "not InfiniteTalk or MultiTalk" in refused
+    assert "put the file into ComfyUI/models/diffusion_models/" in validate("gone.safetensors", "it.safetensors")
 
 
 GOOD = {"chunk_frames": 81, "context_frames": 9, "steps": 40, "size": "auto_480", "width": 832, "height": 480}

@@ -96,7 +96,8 @@ def test_api_workflow_nodes_and_inputs_are_valid(pack, models_dir, path):
             import inspect
 
             names = inspect.signature(validate).parameters
-            assert validate(**{k: v for k, v in node["inputs"].items() if k in names}) is True
+            if not set(names) <= FILE_COMBOS:  # model files are checked against a models folder elsewhere
+                assert validate(**{k: v for k, v in node["inputs"].items() if k in names}) is True
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.stem)
