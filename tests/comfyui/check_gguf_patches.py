@@ -12,11 +12,9 @@ mismatch.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
-from check_lora_patches import load_pack  # this script's folder is on sys.path when run
+from check_lora_patches import comfy_loaders  # this script's folder is on sys.path when run
 
 
 def _layer_errors(dit, expected: dict, gen) -> dict:
@@ -58,22 +56,10 @@ def _forward_is_finite(dit) -> bool:
 
 
 def main(comfy_dir: str, repo: str, models_dir: str, base: str, audio: str, lora: str, expected: str) -> None:
-    sys.path.insert(0, comfy_dir)
-    os.chdir(comfy_dir)
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    sys.argv = [sys.argv[0], "--cpu"]
-    import folder_paths
+    loaders, host = comfy_loaders(comfy_dir, repo, models_dir)
     import torch
     from safetensors.torch import load_file
 
-    models = Path(models_dir)
-    for folder in ("diffusion_models", "model_patches", "loras"):
-        folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
-    loaders, host_module = load_pack(Path(repo))
-    host = host_module.get_host()
-    assert host.name == "comfyui", host.name
     listed = loaders.InfiniteTalkModelLoader.INPUT_TYPES()["required"]["base_model"][0]
     assert base in listed, f"{base} not listed: {listed}"
     (model,) = loaders.InfiniteTalkModelLoader().load(base, audio, "fp32", "keep", "sdpa", lora_1=lora,

@@ -27,6 +27,24 @@ def load_pack(repo: Path):
     return sys.modules["infinitetalk_pack.nodes.loaders"], sys.modules["infinitetalk_pack.nodes.host"]
 
 
+def comfy_loaders(comfy_dir: str, repo: str, models_dir: str):
+    """Start ComfyUI's modules on the CPU with ``models_dir``'s folders, import the pack -> (loaders, host)."""
+    sys.path.insert(0, comfy_dir)
+    os.chdir(comfy_dir)
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    sys.argv = [sys.argv[0], "--cpu"]
+    import folder_paths
+
+    for folder in ("diffusion_models", "model_patches", "loras"):
+        folder_paths.add_model_folder_path(folder, str(Path(models_dir) / folder), is_default=True)
+    loaders, host_module = load_pack(Path(repo))
+    host = host_module.get_host()
+    assert host.name == "comfyui", host.name
+    return loaders, host
+
+
 def expected_tensors(models: Path, base: str, lora: str, strength: float) -> dict:
     """key -> float32 weight/bias after the LoRA, from the files (fp8 dequantised with its scale)."""
     from safetensors.torch import load_file
@@ -67,21 +85,10 @@ def check(expected: dict, weights) -> dict:
 
 
 def main(comfy_dir: str, repo: str, models_dir: str, base: str, lora: str, strength: str) -> None:
-    sys.path.insert(0, comfy_dir)
-    os.chdir(comfy_dir)
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    sys.argv = [sys.argv[0], "--cpu"]
-    import folder_paths
+    loaders, host = comfy_loaders(comfy_dir, repo, models_dir)
     import torch
 
     models = Path(models_dir)
-    for folder in ("diffusion_models", "model_patches", "loras"):
-        folder_paths.add_model_folder_path(folder, str(models / folder), is_default=True)
-    loaders, host_module = load_pack(Path(repo))
-    host = host_module.get_host()
-    assert host.name == "comfyui", host.name
     (model,) = loaders.InfiniteTalkModelLoader().load(base, "tiny_it.safetensors", "fp32", "keep", "sdpa",
                                                       lora_1=lora, strength_1=float(strength))
     dit, patcher = model.managed.module, model.managed.patcher

@@ -96,8 +96,9 @@ def tiny(tmp_path) -> TinyFiles:
     return TinyFiles(tmp_path)
 
 
-def forward_inputs(config: DiTConfig = TINY, seed: int = 0) -> dict:
-    """One small forward call's inputs for ``config`` (T=2 latent frames, 4x4 latents)."""
+def forward_inputs(config: DiTConfig = TINY, seed: int = 0, audio_layers: int = 3) -> dict:
+    """One small forward call's inputs for ``config`` (T=2 latent frames, 4x4 latents, one speaker whose
+    features are ``audio_layers`` x feature_dim / audio_layers)."""
     g = torch.Generator().manual_seed(seed)
     a = config.audio
     return dict(
@@ -106,7 +107,7 @@ def forward_inputs(config: DiTConfig = TINY, seed: int = 0) -> dict:
         context=[torch.randn(7, config.text_dim, generator=g)],
         clip_fea=torch.randn(1, 257, config.clip_dim, generator=g),
         y=torch.randn(1, 20, 2, 4, 4, generator=g),
-        audio=[torch.randn(1, 5, a.window, 3, a.feature_dim // 3, generator=g)],
+        audio=[torch.randn(1, 5, a.window, audio_layers, a.feature_dim // audio_layers, generator=g)],
     )
 
 

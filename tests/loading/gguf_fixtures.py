@@ -172,14 +172,7 @@ def dequantized_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def forward_inputs(config=CONFIG, seed: int = 0) -> dict:
-    """One small forward call's inputs for ``config`` (T=2 latent frames, 4x4 latents, one speaker)."""
-    g = torch.Generator().manual_seed(seed)
-    a = config.audio
-    return dict(
-        x=torch.randn(1, 16, 2, 4, 4, generator=g),
-        t=torch.tensor([500.0]),
-        context=[torch.randn(7, config.text_dim, generator=g)],
-        clip_fea=torch.randn(1, 257, config.clip_dim, generator=g),
-        y=torch.randn(1, 20, 2, 4, 4, generator=g),
-        audio=[torch.randn(1, 5, a.window, 2, a.feature_dim // 2, generator=g)],
-    )
+    """One small forward call's inputs for ``config`` (as the loading tests', two feature layers)."""
+    from tests.loading.conftest import forward_inputs as loading_forward_inputs
+
+    return loading_forward_inputs(config, seed, audio_layers=2)
