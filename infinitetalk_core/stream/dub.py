@@ -54,7 +54,10 @@ def chunk_dub(run, chunk: ChunkPlan, ref_index: int) -> ChunkDub | None:
     masks = run.dub_mask.pixel_masks(indices, run.device)
     keep = latent_keep(masks)
     alpha = run.dub_mask.composite_weights(indices, run.device)
-    return ChunkDub(latents, pixels, alpha, keep, token_gate(keep))
+    gate = token_gate(keep)
+    # a mask over every token needs neither the pin nor the gate (both would be identities)
+    everywhere = bool(keep.max() == 0)
+    return ChunkDub(latents, pixels, alpha, None if everywhere else keep, None if everywhere else gate)
 
 
 def finish_dub(dub: ChunkDub | None, pixels: torch.Tensor) -> torch.Tensor:
