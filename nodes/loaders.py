@@ -5,7 +5,9 @@ host's model handle so ComfyUI can place and offload them.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,9 +65,9 @@ def _gguf_files(folder: str) -> list[str]:
     """``.gguf`` files below ``folder``'s roots: ComfyUI's own lists leave them out (not a torch format)."""
     names = []
     for root in get_host().folder_roots(folder):
-        if root.is_dir():
-            names += [p.relative_to(root).as_posix() for p in root.rglob("*")
-                      if p.suffix.lower() == ".gguf" and p.is_file()]
+        for top, dirs, files in os.walk(root, followlinks=True):  # as ComfyUI: linked model folders too
+            dirs[:] = [d for d in dirs if d != ".git"]
+            names += [(Path(top) / f).relative_to(root).as_posix() for f in files if f.lower().endswith(".gguf")]
     return names
 
 

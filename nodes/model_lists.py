@@ -37,23 +37,19 @@ def _verdict(path: str, size: int, mtime: int, role: str) -> str | None:
 def unloadable_reason(folder: str, name: str, role: str) -> str | None:
     """Why ``name`` in ``folder`` cannot be loaded as ``role`` (missing, another kind of model, damaged),
     or None when it can."""
+    if not isinstance(name, str):  # linked from another node: the loader checks it when it runs
+        return None
     path = get_host().model_path(folder, name)
     if path is None:
         return (f"{name!r} is not in the '{folder}' model folder: put the file into ComfyUI/models/{folder}/ "
                 "and press R in the editor to refresh the lists.")
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        return f"{name!r} in the '{folder}' model folder cannot be read ({exc.strerror})."
     return _verdict(path, stat.st_size, int(stat.st_mtime_ns), role)
 
 
 def loadable(folder: str, names: list[str], role: str) -> list[str]:
-    """``names`` without the files that cannot be loaded as ``role`` (unreadable paths are kept: the
-    loader's own error then says why)."""
-    kept = []
-    for name in names:
-        try:
-            reason = unloadable_reason(folder, name, role)
-        except OSError:
-            reason = None
-        if reason is None:
-            kept.append(name)
-    return kept
+    """``names`` without the files that cannot be loaded as ``role``."""
+    return [name for name in names if unloadable_reason(folder, name, role) is None]

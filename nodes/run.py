@@ -106,7 +106,7 @@ def dub_mask_from_comfy(mask, refs, size: tuple[int, int], feather: int) -> DubM
         return None
     drawn = tuple(mask.shape[-2:])
     if drawn == tuple(size):
-        return DubMask(mask.reshape(-1, *drawn).float().cpu(), feather)
+        return DubMask(mask.reshape(-1, *drawn), feather)
     aspect, source_aspect = drawn[1] / drawn[0], refs.width / refs.height
     if abs(aspect - source_aspect) > MASK_ASPECT_TOLERANCE * source_aspect:
         raise InputValidationError(
@@ -114,14 +114,15 @@ def dub_mask_from_comfy(mask, refs, size: tuple[int, int], feather: int) -> DubM
             "shape, so it would cover the wrong places.",
             f"Make the mask at the source video's size ({refs.width}x{refs.height}, e.g. Solid Mask's width "
             "and height) or at any size of the same aspect ratio.")
-    return DubMask.from_source_masks(mask.float().cpu(), size, feather)
+    return DubMask.from_source_masks(mask, size, feather)
 
 
-def previous_from_comfy(images, size: tuple[int, int]) -> torch.Tensor | None:
-    """IMAGE of the clip to continue -> [3, n, H, W] in [-1, 1] at ``size`` (cover-resize, centre crop)."""
+def previous_from_comfy(images, size: tuple[int, int], frames: int) -> torch.Tensor | None:
+    """The last ``frames`` of the IMAGE clip to continue -> [3, n, H, W] in [-1, 1] at ``size`` (cover-
+    resize, centre crop); only those are used, so a long clip is never copied whole."""
     if images is None:
         return None
-    pixels = pixels_from_comfy(images)
+    pixels = pixels_from_comfy(images.reshape(-1, *images.shape[-3:])[-frames:])
     return torch.stack([resize_crop_pixels(pixels[:, i], *size) for i in range(pixels.shape[1])], 1)
 
 
@@ -296,8 +297,8 @@ def _prepare(inputs: dict, host, node_id) -> _Prepared:
     model, refs, feats = inputs["model"], inputs["references"], inputs["audio_features"]
     size, family = target_size(inputs, refs)
     settings = _settings(inputs, refs, family)
-    previous = previous_from_comfy(inputs.get("previous_frames"), size)
     context = SVI_MOTION_FRAMES if settings.mode == "svi_talk" else inputs["context_frames"]
+    previous = previous_from_comfy(inputs.get("previous_frames"), size, context)
     plan = plan_chunks(feats.num_frames, inputs["chunk_frames"], context, inputs.get("max_frames") or None,
                        lead_context=previous is not None)
     if feats.boxes is not None and feats.mask_size not in (None, (refs.height, refs.width)):
@@ -331,6 +332,10 @@ def _open_render_job(host, inputs, name, fingerprint, plan, size, settings):
 def _reroll(job, inputs: dict, plan) -> None:
     """Apply the node's re-roll request (chunk numbers from 1, as in the progress) to the job folder."""
     chunk = inputs.get("regenerate_from_chunk") or 0
+    if chunk and job.chunks_done == 0:  # a new job (other inputs, or resume off): nothing to re-roll yet
+        log.warning("regenerate_from_chunk=%d ignored: this job has no finished chunks yet (set it back to 0)",
+                    chunk)
+        return
     if chunk:
         require(chunk <= plan.num_chunks, f"regenerate_from_chunk={chunk}, but this video has "
                 f"{plan.num_chunks} chunks.", f"Use 1..{plan.num_chunks}, or 0 to turn re-rolling off.")

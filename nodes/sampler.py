@@ -134,7 +134,7 @@ class InfiniteTalkStreamingSampler:
                                     "changes more)."}),
                 "refine_steps": ("INT", {"default": 4, "min": 1, "max": 50, "tooltip":
                                  "Denoising steps of one refinement."}),
-                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip":
                             "1 = generate every chunk from noise. Below 1 (video input only): start each chunk "
                             "from the source video's own frames at that time, noised, and run only the last "
                             "steps x denoise steps, so gestures, head motion and camera stay the source's "

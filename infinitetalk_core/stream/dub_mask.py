@@ -29,8 +29,28 @@ MAX_FEATHER = 256
 TOKEN_PATCH = 2  # the DiT's spatial patch size (latent pixels per token side)
 
 
+LEVELS = 255  # masks are kept as 8-bit levels: a quarter of float32 for an hour of per-frame masks
+_BATCH = 64  # frames converted at a time (no whole-video float copy)
+
+
+def _check_feather(feather: object) -> int:
+    if isinstance(feather, bool) or not isinstance(feather, int) or not 0 <= feather <= MAX_FEATHER:
+        raise InputValidationError(f"mask_feather must be an integer in 0..{MAX_FEATHER}, got {feather!r}.",
+                                   "Use 0 for a hard edge, 8-24 pixels for a soft one.")
+    return feather
+
+
+def _levels(frames: torch.Tensor) -> torch.Tensor:
+    """[n, H, W] float masks (any device) -> uint8 levels on the CPU; NaN/inf refused."""
+    frames = frames.detach().to("cpu", torch.float32)
+    if not torch.isfinite(frames).all():
+        raise InputValidationError("dub_mask contains NaN or infinite values.", "Check the mask nodes.")
+    return frames.clamp(0, 1).mul(LEVELS).round().to(torch.uint8)
+
+
 class DubMask:
-    """Dub masks at the output size: [N, H, W] float32 in [0, 1], N = 1 (static) or one per source frame.
+    """Dub masks at the output size, [N, H, W], N = 1 (static) or one per source frame; 0 = keep the
+    source, 1 = generate (stored as uint8 levels: ``masks`` == 0 exactly where the source is kept).
 
     ``feather``: the composite's soft edge in output pixels (0 = hard edge), inside the mask.
     """
@@ -40,23 +60,24 @@ class DubMask:
             got = getattr(masks, "shape", type(masks).__name__)
             raise InputValidationError(f"dub_mask must be [frames, height, width], got {got}.",
                                        "Connect a MASK (one mask, or one per source frame).")
-        if not torch.isfinite(masks).all():
-            raise InputValidationError("dub_mask contains NaN or infinite values.", "Check the mask nodes.")
-        if isinstance(feather, bool) or not isinstance(feather, int) or not 0 <= feather <= MAX_FEATHER:
-            raise InputValidationError(f"mask_feather must be an integer in 0..{MAX_FEATHER}, got {feather!r}.",
-                                       "Use 0 for a hard edge, 8-24 pixels for a soft one.")
-        self.masks, self.feather = masks.float().clamp(0, 1).contiguous(), feather
+        self.feather = _check_feather(feather)
+        if masks.dtype == torch.uint8:
+            self.masks = masks.cpu().contiguous()
+        else:
+            self.masks = torch.cat([_levels(masks[i:i + _BATCH]) for i in range(0, masks.shape[0], _BATCH)])
 
     @classmethod
     def from_source_masks(cls, masks: torch.Tensor, size: tuple[int, int], feather: int = 0) -> "DubMask":
         """ComfyUI MASK [H, W] or [N, H, W] drawn on the source frames -> masks at ``size`` (height, width),
-        through the same cover-resize and centre crop as the frames."""
+        through the same cover-resize and centre crop as the frames (one frame at a time)."""
         masks = masks[None] if masks.ndim == 2 else masks
         if masks.ndim != 3:
             raise InputValidationError(f"dub_mask must be [height, width] or [frames, height, width], got "
                                        f"{list(masks.shape)}.", "Connect a ComfyUI MASK.")
-        resized = [resize_crop_pixels(m[None].float(), *size)[0] for m in masks]
-        return cls(torch.stack(resized), feather)
+        out = torch.empty(masks.shape[0], *size, dtype=torch.uint8)
+        for i in range(masks.shape[0]):
+            out[i] = _levels(resize_crop_pixels(masks[i][None].float(), *size))[0]
+        return cls(out, feather)
 
     @property
     def num_frames(self) -> int:
@@ -72,14 +93,15 @@ class DubMask:
             return feather_alpha(self.pixel_masks(source_indices, device), self.feather)
         cached = self.__dict__.get("_static_alpha")
         if cached is None or cached.device != torch.device(device or "cpu"):
-            cached = self.__dict__["_static_alpha"] = feather_alpha(self.masks.to(device), self.feather)
+            cached = self.__dict__["_static_alpha"] = feather_alpha(self.pixel_masks([0], device), self.feather)
         return cached.expand(len(source_indices), *self.size)
 
     def pixel_masks(self, source_indices: Sequence[int], device=None) -> torch.Tensor:
-        """[F, H, W]: the mask of each chunk frame, given the source frame each frame shows."""
+        """[F, H, W] float32 in [0, 1]: the mask of each chunk frame, given the source frame each shows."""
         if self.num_frames == 1:
-            return self.masks.to(device).expand(len(source_indices), *self.size)
-        return self.masks[torch.as_tensor(list(source_indices))].to(device)
+            frame = self.masks.to(device).float().div_(LEVELS)
+            return frame.expand(len(source_indices), *self.size)
+        return self.masks[torch.as_tensor(list(source_indices))].to(device).float().div_(LEVELS)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"dub_mask|{self.feather}|".encode() + tensor_digest(self.masks).encode()).hexdigest()

@@ -264,9 +264,11 @@ class JobDirectory:
         self._delete_unnamed(dropped)
 
     def _obsolete_states(self) -> list[int]:
-        """States no longer needed: all but the two newest chunks', the checkpoints and pending ones."""
+        """States no longer needed: all but the two newest chunks', the checkpoints, pending ones and
+        those a re-rolled chunk started from (a repair must regenerate it from the very same context)."""
         newest = self.manifest.chunks[-1].index
         keep = {newest, newest - 1} | {r.index for r in self.manifest.pending}
+        keep |= {k - 1 for k in self.manifest.rerolls if k > 0}
         return [i for i in self.manifest.states if i not in keep and not _is_checkpoint(i)]
 
     def _check_commit(self, index: int, frames: np.ndarray) -> None:

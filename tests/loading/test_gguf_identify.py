@@ -182,7 +182,8 @@ def test_the_loader_node_lists_gguf_where_comfyui_does_not(state, tmp_path, monk
     base = {k: v for k, v in state.items() if not is_audio_key(k)}
     audio = {k: v for k, v in state.items() if is_audio_key(k)}
     save_file(base, models / "diffusion_models" / "wan.safetensors")
-    (models / "diffusion_models" / "q").mkdir()
+    (tmp_path / "elsewhere").mkdir()  # a linked model folder (as users share models between installs)
+    (models / "diffusion_models" / "q").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     write_gguf(models / "diffusion_models" / "q" / "wan-Q4_K_M.gguf", base, _mixed_types(base))
     write_gguf(models / "model_patches" / "Wan2_1-InfiniteTalk_Single_Q8.gguf", audio,
                {k: file_type(k, v, "Q8_0") for k, v in audio.items()})

@@ -119,6 +119,7 @@ def test_files_the_loader_cannot_load_are_refused_with_the_reason(pack, models_d
     refused = validate("wan.safetensors", "base.safetensors")
     assert refused.startswith("infinitetalk_model:") and "not InfiniteTalk or MultiTalk" in refused
     assert "put the file into ComfyUI/models/diffusion_models/" in validate("gone.safetensors", "it.safetensors")
+    assert validate(None, None) is True  # linked from another node: checked when the loader runs
 
 
 GOOD = {"chunk_frames": 81, "context_frames": 9, "steps": 40, "size": "auto_480", "width": 832, "height": 480}

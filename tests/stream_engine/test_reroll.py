@@ -125,6 +125,7 @@ def test_reroll_after_the_float_state_was_pruned_rebuilds_it_from_the_frames(mak
 
     job, saved = _render(inputs, plan, tmp_path / "job", reroll=(1, NEW_SEED))  # recorded: just resumes
     assert saved == [1, 2] and job.is_complete and job.manifest.rerolls == {1: NEW_SEED}
+    assert 0 in job.manifest.states  # the rebuilt context stays: a later repair regenerates the same chunk
     assert _files(tmp_path / "job")["chunks/00000.mkv"] == chunk0
     assert _contents(job)[0] == original[0] and _contents(job)[1] != original[1]
 
