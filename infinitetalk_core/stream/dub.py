@@ -52,12 +52,10 @@ def chunk_dub(run, chunk: ChunkPlan, ref_index: int) -> ChunkDub | None:
     if run.dub_mask is None:
         return ChunkDub(latents)
     masks = run.dub_mask.pixel_masks(indices, run.device)
-    keep = latent_keep(masks)
-    alpha = run.dub_mask.composite_weights(indices, run.device)
-    gate = token_gate(keep)
-    # a mask over every token needs neither the pin nor the gate (both would be identities)
-    everywhere = bool(keep.max() == 0)
-    return ChunkDub(latents, pixels, alpha, None if everywhere else keep, None if everywhere else gate)
+    keep, alpha = latent_keep(masks), run.dub_mask.composite_weights(masks)
+    if bool(keep.max() == 0):  # a mask over every token: the pin and the gate would be identities
+        return ChunkDub(latents, pixels, alpha)
+    return ChunkDub(latents, pixels, alpha, keep, token_gate(keep))
 
 
 def finish_dub(dub: ChunkDub | None, pixels: torch.Tensor) -> torch.Tensor:

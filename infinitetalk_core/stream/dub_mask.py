@@ -87,14 +87,15 @@ class DubMask:
     def size(self) -> tuple[int, int]:
         return tuple(self.masks.shape[-2:])
 
-    def composite_weights(self, source_indices: Sequence[int], device=None) -> torch.Tensor:
-        """[F, H, W] feathered composite weights of each chunk frame (a static mask's once for the run)."""
+    def composite_weights(self, pixel_masks: torch.Tensor) -> torch.Tensor:
+        """[F, H, W] feathered composite weights of a chunk's ``pixel_masks`` (from ``pixel_masks``); a
+        static mask's are computed once for the run."""
         if self.num_frames > 1:
-            return feather_alpha(self.pixel_masks(source_indices, device), self.feather)
+            return feather_alpha(pixel_masks, self.feather)
         cached = self.__dict__.get("_static_alpha")
-        if cached is None or cached.device != torch.device(device or "cpu"):
-            cached = self.__dict__["_static_alpha"] = feather_alpha(self.pixel_masks([0], device), self.feather)
-        return cached.expand(len(source_indices), *self.size)
+        if cached is None or cached.device != pixel_masks.device:
+            cached = self.__dict__["_static_alpha"] = feather_alpha(pixel_masks[:1], self.feather)
+        return cached.expand_as(pixel_masks)
 
     def pixel_masks(self, source_indices: Sequence[int], device=None) -> torch.Tensor:
         """[F, H, W] float32 in [0, 1]: the mask of each chunk frame, given the source frame each shows."""

@@ -38,6 +38,7 @@ from .source_cache import RecentFrames
 from .refine_context import refine_context_pixels
 from ..sampling.easycache import EasyCache
 from ..sampling.inpaint import noised_source, partial_timesteps
+from ..sampling.schedule import NUM_TRAIN_TIMESTEPS
 from ..sampling.schedulers import scheduler_sampler, scheduler_timesteps
 from ..sampling.teacache import TeaCache
 from ..sampling.seeds import chunk_noise, step_noise
@@ -183,8 +184,8 @@ def _audio_windows(
 
 
 def _colour_reference(plan, chunk, references, settings, reference, state) -> torch.Tensor:
-    # references: the run's RecentFrames (the first chunk's frame is served from memory every chunk)
-    """[3, R, H, W] frames whose colour statistics the chunk is matched to (see settings.COLOR_REFERENCES)."""
+    """[3, R, H, W] frames whose colour statistics the chunk is matched to (see settings.COLOR_REFERENCES).
+    ``references``: the run's RecentFrames, so the first chunk's frame is served from memory every chunk."""
     if settings.color_reference == "chunk":
         return reference[:, None]
     if settings.color_reference == "previous_tail" and state.context_pixels is not None:
@@ -319,7 +320,7 @@ def _dub_start(dub: ChunkDub, noise: torch.Tensor, timesteps: torch.Tensor, deno
     """(the chunk's starting latent, the sampler's pin or None) for a dub (see dub.py)."""
     start = noise
     if denoise < 1.0:  # the source's own motion, noised to the first step that runs
-        start = noised_source(dub.source_latents, noise, timesteps[:1].to(noise.device) / 1000.0)
+        start = noised_source(dub.source_latents, noise, timesteps[:1].to(noise.device) / NUM_TRAIN_TIMESTEPS)
     return start, dub.pin(noise)
 
 

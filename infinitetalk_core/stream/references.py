@@ -102,7 +102,12 @@ def reference_frame_for_chunk(
 ) -> int:
     """Source frame index (0 <= i < source_frames) that conditions ``chunk``."""
     _validate(source_frames, source_fps, strategy, overflow)
-    seconds = Fraction(_anchor_frame(chunk, chunk_frames, strategy), FPS)
+    return _source_frame(_anchor_frame(chunk, chunk_frames, strategy), source_frames, source_fps, overflow)
+
+
+def _source_frame(global_frame: int, source_frames: int, source_fps, overflow: str) -> int:
+    """The source frame on screen at global (25 fps) frame ``global_frame``, wrapped past the end."""
+    seconds = Fraction(global_frame, FPS)
     return wrap_frame_index(source_index_at_time(seconds, source_fps), source_frames, overflow)
 
 
@@ -115,10 +120,7 @@ def source_indices_for_chunk(
     """The source frame on screen at each of ``chunk``'s frames (global frame g at time g/25), wrapped
     past the source's end like the reference frames: what a dub keeps or starts from, frame by frame."""
     _validate(source_frames, source_fps, "chunk_start", overflow)
-    return [
-        wrap_frame_index(source_index_at_time(Fraction(g, FPS), source_fps), source_frames, overflow)
-        for g in range(chunk.start, chunk.stop)
-    ]
+    return [_source_frame(g, source_frames, source_fps, overflow) for g in range(chunk.start, chunk.stop)]
 
 
 def reference_frame_indices(

@@ -10,7 +10,8 @@ from ..errors import InputValidationError
 from .host import TextContexts
 from .plan import StreamPlan
 from .references import reference_frame_indices
-from .settings import StreamSettings
+from .dub_mask import DubMask
+from .settings import SVI_MOTION_FRAMES, StreamSettings
 
 SIZE_MULTIPLE = 16  # VAE 8x and DiT patch 2x
 
@@ -134,8 +135,6 @@ def _check_dub(dub_mask, references, settings: StreamSettings) -> None:
         )
     if dub_mask is None:
         return
-    from .dub_mask import DubMask  # lazy: torch-only module, kept out of the validation import chain
-
     if not isinstance(dub_mask, DubMask):
         _fail(f"dub_mask must be a DubMask, got {type(dub_mask).__name__}.", "Build it with DubMask(...).")
     if dub_mask.size != tuple(references.size):
@@ -147,8 +146,6 @@ def _check_dub(dub_mask, references, settings: StreamSettings) -> None:
 
 
 def _check_mode(settings: StreamSettings, plan: StreamPlan) -> None:
-    from .settings import SVI_MOTION_FRAMES
-
     if settings.mode == "svi_talk" and plan.context_frames != SVI_MOTION_FRAMES:
         _fail(f"mode svi_talk continues each clip from {SVI_MOTION_FRAMES} motion frame, but the plan carries "
               f"{plan.context_frames} context frames.",
