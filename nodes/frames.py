@@ -81,8 +81,18 @@ class JobFrames:
         return str(self.job.path)
 
     @property
+    def jobs(self) -> list:
+        return [self.job]
+
+    @property
+    def start_frame(self) -> int:
+        """Global frame of the first frame (a chapter's start: its audio starts there too)."""
+        chapter = self.job.manifest.layout.get("chapter") or {}
+        return int(chapter.get("start_frame", 0))
+
+    @property
     def frame_count(self) -> int:
-        return int(self.job.frames_done)
+        return int(self.job.output_frames)
 
     @property
     def height(self) -> int:
@@ -116,7 +126,7 @@ class JobFrames:
 
     def last_frames(self, count: int) -> torch.Tensor:
         """The last ``count`` frames as an IMAGE [count, H, W, 3] (previews, the optional IMAGE output)."""
-        frames = self.job.last_frames(count)
+        frames = self.job.last_output_frames(count)
         return torch.from_numpy(np.array(frames, dtype=np.float32)).div(255)
 
     def delete_job(self) -> None:
@@ -129,3 +139,55 @@ class JobFrames:
 
     def __repr__(self) -> str:  # shown in ComfyUI's debug output
         return f"JobFrames({self.path!r}, {self.frame_count} frames, {self.width}x{self.height})"
+
+
+@dataclass
+class ChapterFrames:
+    """An INFINITETALK_FRAMES handle over several chapter jobs, played one after the other."""
+
+    parts: list  # JobFrames, in order
+
+    @property
+    def path(self) -> str:
+        return self.parts[0].path
+
+    @property
+    def jobs(self) -> list:
+        return [part.job for part in self.parts]
+
+    @property
+    def start_frame(self) -> int:
+        return self.parts[0].start_frame
+
+    @property
+    def frame_count(self) -> int:
+        return sum(part.frame_count for part in self.parts)
+
+    @property
+    def height(self) -> int:
+        return self.parts[0].height
+
+    @property
+    def width(self) -> int:
+        return self.parts[0].width
+
+    @property
+    def fps(self) -> Fraction:
+        return self.parts[0].fps
+
+    def iter_uint8(self, batch: int) -> Iterator[np.ndarray]:
+        for part in self.parts:
+            yield from part.iter_uint8(batch)
+
+    def last_frames(self, count: int) -> torch.Tensor:
+        """The last ``count`` frames (of the last chapter: previews, the IMAGE output)."""
+        return self.parts[-1].last_frames(count)
+
+    def delete_job(self) -> None:
+        """Remove every chapter's job folder (Video Combine, delete_after_combine)."""
+        for part in self.parts:
+            part.delete_job()
+
+    def __repr__(self) -> str:
+        return f"ChapterFrames({len(self.parts)} chapters, {self.frame_count} frames, {self.width}x{self.height})"
+

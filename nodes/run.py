@@ -31,7 +31,8 @@ from ..infinitetalk_core.stream.validation import validate_stream_inputs
 from ..infinitetalk_core.errors import InputValidationError
 from .common import first_image_to_pil, require
 from .sampler_checks import check_sampler_settings, speaker_weights_warning, svi_weights_warning
-from .frames import JobFrames
+from .chapter_inputs import chapter_job_name, chapter_layout, chapter_plan, chapters_to_render, job_chapters
+from .frames import ChapterFrames, JobFrames
 from .host import get_host
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,12 @@ def _fingerprint(model, vae, text, source, feats, encoder, settings, plan, size,
         "audio": digest_json(_feature_digests(feats) + [feats.boxes]),
         "text": text.fingerprint(),
         "clip": "none" if encoder is None else tensor_digest(encoder.encode_image(source.frame(0))),
+        # the audio's length, not the cap: a later pass with another max_frames continues the same job
         "parameters": digest_json([settings.to_json(), plan.chunk_frames, plan.context_frames,
-                                   plan.output_frames, list(size)]),
+                                   plan.num_audio_frames, list(size)]),
     }
+    if plan.first_frame:  # a chapter after the first (the first one is the start of the whole job)
+        inputs["first_frame"] = str(plan.first_frame)
     if dub_mask is not None:  # only when given: job folders of runs without them keep their names
         inputs["dub_mask"] = dub_mask.fingerprint()
     if previous is not None:
@@ -288,6 +292,8 @@ class _Prepared:
     masks: torch.Tensor | None  # two speakers' routing masks
     dub_mask: DubMask | None
     previous: torch.Tensor | None  # the clip to continue, at the output size
+    chapters: list = dataclasses.field(default_factory=list)  # every chapter of the job (core Chapter)
+    parts: list = dataclasses.field(default_factory=list)  # the chapters this queue renders, in order
 
 
 def _prepare(inputs: dict, host, node_id) -> _Prepared:
@@ -316,17 +322,27 @@ def _prepare(inputs: dict, host, node_id) -> _Prepared:
     text = text_contexts(inputs["positive"], inputs["negative"])
     masks = None if feats.num_speakers == 1 else speaker_masks(refs.height, refs.width, *size, 2, feats.boxes)
     dub_mask = dub_mask_from_comfy(inputs.get("dub_mask"), refs, size, inputs.get("mask_feather", 8))
-    return _Prepared(name, model, refs, feats, size, settings, plan, text, masks, dub_mask, previous)
+    chapters = job_chapters(inputs, feats, refs)
+    parts = chapters_to_render(chapters, inputs.get("chapter") or 0, plan.max_frames)
+    require(len(chapters) == 1 or previous is None, "previous_frames continues one clip, but chapters cut "
+            f"this job into {len(chapters)} independent parts.", "Clear chapters, or disconnect previous_frames.")
+    require(len(parts) == 1 or not inputs.get("regenerate_from_chunk"), "regenerate_from_chunk needs one "
+            f"chapter, but {len(parts)} are rendered.", "Set chapter to the chapter to re-roll (from 1).")
+    return _Prepared(name, model, refs, feats, size, settings, plan, text, masks, dub_mask, previous,
+                     chapters, parts)
 
 
-def _open_render_job(host, inputs, name, fingerprint, plan, size, settings):
+def _open_render_job(host, inputs, name, fingerprint, plan, size, settings, chapter_layout=None):
     root = host.output_dir() / JOBS_FOLDER
     with disk_errors("creating the jobs folder"):
         root.mkdir(parents=True, exist_ok=True)
     path = job_folder(root, name, fingerprint.digest)
     if not inputs["resume"]:
         remove_job_folder(path)  # the user asked to start over; only ever a job folder of ours
-    return open_job(path, None, fingerprint, plan, size, settings.cost_metadata(plan.num_chunks))
+    job, state = open_job(path, None, fingerprint, plan, size,
+                          {**settings.cost_metadata(plan.num_chunks), **(chapter_layout or {})})
+    job.update_layout(chapter_layout or {})  # a resumed chapter reports this pass's boundaries
+    return job, state
 
 
 def _reroll(job, inputs: dict, plan) -> None:
@@ -353,25 +369,37 @@ def run_stream(inputs: dict) -> tuple:
     vae, encoder = _FinishingVAE(WanNormalizedVAE(inputs["vae"]), deferred), ClipVisionEncoder(inputs["clip_vision"])
     source = p.refs.open(p.size)
     try:
-        validate_stream_inputs(p.model.managed.module, plan, source, p.feats.features, p.text, settings, encoder,
-                               p.masks, None, dub_mask=p.dub_mask, previous_frames=p.previous)
-        host.send_progress({"stage": "encoding_references", "chunk": 0, "chunks": plan.num_chunks}, node_id)
-        fingerprint = _fingerprint(p.model, vae, p.text, source, p.feats, encoder, settings, plan, p.size,
-                                   p.dub_mask, p.previous)
-        job, _ = _open_render_job(host, inputs, p.name, fingerprint, plan, p.size, settings)
-        try:
-            _reroll(job, inputs, plan)
-            if not job.is_complete:
-                _render(host, job, p, vae, source, encoder, node_id, deferred)
-        finally:
-            job.close()
+        jobs = [_run_chapter(host, inputs, p, chapter, vae, source, encoder, deferred) for chapter in p.parts]
     finally:
         source.close()
     host.send_progress({"stage": "done", "chunk": plan.num_chunks, "chunks": plan.num_chunks, "step": 0,
                         "steps": settings.sampled_steps, "fraction": 1.0, "eta": 0.0}, node_id)
-    frames = JobFrames(job, Fraction(25), None if node_id is None else str(node_id))
+    producer = None if node_id is None else str(node_id)
+    parts = [JobFrames(job, Fraction(25), producer) for job in jobs]
+    frames = parts[0] if len(parts) == 1 else ChapterFrames(parts)
     images = frames.last_frames(max(1, inputs.get("image_frames", 1)))
     return (frames, images, frames.frame_count, 25.0)
+
+
+def _run_chapter(host, inputs: dict, p: _Prepared, chapter, vae, source, encoder, deferred):
+    """Render one chapter (the whole job when it has one) into its job folder; returns the closed job."""
+    node_id, plan = inputs.get("unique_id"), chapter_plan(p, chapter)
+    p = dataclasses.replace(p, plan=plan)
+    validate_stream_inputs(p.model.managed.module, plan, source, p.feats.features, p.text, p.settings, encoder,
+                           p.masks, None, dub_mask=p.dub_mask, previous_frames=p.previous)
+    where = {} if len(p.chapters) == 1 else {"chapter": chapter.index + 1, "chapters": len(p.chapters)}
+    host.send_progress({"stage": "encoding_references", "chunk": 0, "chunks": plan.num_chunks, **where}, node_id)
+    fingerprint = _fingerprint(p.model, vae, p.text, source, p.feats, encoder, p.settings, plan, p.size,
+                               p.dub_mask, p.previous)
+    job, _ = _open_render_job(host, inputs, chapter_job_name(p, chapter), fingerprint, plan, p.size,
+                              p.settings, chapter_layout(p, chapter))
+    try:
+        _reroll(job, inputs, plan)
+        if not job.is_complete:
+            _render(host, job, p, vae, source, encoder, node_id, deferred)
+    finally:
+        job.close()
+    return job
 
 
 def _render(host, job, p: _Prepared, vae, source, encoder, node_id, deferred):

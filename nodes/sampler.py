@@ -161,6 +161,20 @@ class InfiniteTalkStreamingSampler:
                          "SVI-Talk LoRA: each chunk continues from 1 motion frame (context_frames is "
                          "ignored) with the reference image as every padding frame; shift 0 = its 5. "
                          "SVI-Talk's settings: 50 steps, text 2, audio 5."}),
+                "chapters": ("STRING", {"default": "", "tooltip": "Cut the job into independent chapters, "
+                             "each starting from its own reference frame (render them in any order, on "
+                             "several servers: scripts/post_workflow.py --servers). Empty = one chapter; "
+                             "auto = about every minute, in a silence (or at a scene cut of a source video); "
+                             "a number = that many chapters, cut in the silence nearest to even parts; or "
+                             "chapter start times in seconds, e.g. 61.2, 130.4."}),
+                "chapter": ("INT", {"default": 0, "min": 0, "max": 100_000, "tooltip": "0 = render every "
+                            "chapter one after another (the frames play them in order); N = only chapter N "
+                            "(from 1), into its own job folder, and the frames are that chapter's."}),
+                "silence_threshold_db": ("FLOAT", {"default": -40.0, "min": -120.0, "max": 0.0, "step": 1.0,
+                                         "tooltip": "Chapters (auto or a number): audio quieter than this "
+                                         "(RMS, dBFS) counts as silence."}),
+                "min_silence_ms": ("INT", {"default": 300, "min": 40, "max": 60_000, "step": 10, "tooltip":
+                                   "Chapters: the shortest pause that may hold a chapter boundary."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

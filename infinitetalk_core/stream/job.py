@@ -196,7 +196,36 @@ class JobDirectory:
 
     @property
     def is_complete(self) -> bool:
-        return self.chunks_done == self.manifest.layout["num_chunks"]
+        """Every chunk this pass needs is done (a job continued earlier with a larger cap may hold more)."""
+        return self.chunks_done >= self.manifest.layout["num_chunks"]
+
+    @property
+    def output_frames(self) -> int:
+        """Frames this pass outputs: the finished frames, up to this pass's cap."""
+        return min(self.frames_done, int(self.manifest.layout.get("output_frames", self.frames_done)))
+
+    def adopt_plan(self, plan) -> None:
+        """Make ``plan`` (a StreamPlan of the same fingerprint, perhaps with another cap) this pass's plan.
+
+        The cap is not part of the fingerprint: a capped pass is an exact prefix of the uncapped run,
+        except its last chunk, which kept fewer frames than a longer pass needs. That chunk is dropped
+        and made again from the state before it (kept: the two newest states always are), identical up
+        to where the cap cut it. A shorter cap than what is done just outputs fewer frames.
+        """
+        done = zip(plan.chunks, self.manifest.chunks)
+        short = next((c.index for c, rec in done if rec.frames < c.kept_frames), None)
+        if short is not None:
+            log.info("job %s: chunk %d was cut by an earlier cap; making it again for this longer pass",
+                     self.path.name, short + 1)
+            self.truncate(short)
+        self.update_layout({"num_chunks": plan.num_chunks, "output_frames": plan.output_frames})
+
+    def update_layout(self, values: Mapping) -> None:
+        """Record this pass's ``values`` in the manifest's layout (saved only when something changed)."""
+        changed = {k: v for k, v in values.items() if self.manifest.layout.get(k) != v}
+        if changed:
+            self.manifest.layout.update(changed)
+            self._save_manifest()
 
     def load_state(self) -> dict[str, torch.Tensor] | None:
         """The carry state saved with the last finished chunk (None before the first chunk)."""
@@ -336,9 +365,21 @@ class JobDirectory:
         return decode_chunk(data, rec.frames, h, w, where)
 
     def iter_frame_batches(self) -> Iterator[np.ndarray]:
-        """Finished chunks' frames in order, one chunk in memory at a time, each one verified."""
+        """This pass's output frames (``output_frames``) chunk by chunk, in order, one chunk in memory at a
+        time, each one verified."""
+        left = self.output_frames
         for rec in list(self.manifest.chunks):
-            yield self.read_chunk(rec)
+            if left <= 0:
+                return
+            frames = self.read_chunk(rec)
+            yield frames[:left]
+            left -= len(frames)
+
+    def last_output_frames(self, count: int) -> np.ndarray:
+        """The last ``count`` of this pass's output frames (fewer when there are fewer)."""
+        extra = self.frames_done - self.output_frames  # finished frames past this pass's cap
+        frames = self.last_frames(count + extra)
+        return frames[: len(frames) - extra][-count:] if count else frames[:0]
 
     def last_frames(self, count: int, before: int | None = None) -> np.ndarray:
         """The last ``count`` frames of the chunks before chunk ``before`` (default: of all finished
@@ -363,7 +404,7 @@ class JobDirectory:
                 "Run the generation again with the same inputs to finish it first.",
             )
         layout = self.manifest.layout
-        return write_mp4(out_path, self.iter_frame_batches(), self.frames_done, layout["width"],
+        return write_mp4(out_path, self.iter_frame_batches(), self.output_frames, layout["width"],
                          layout["height"], audio=audio, fps=layout.get("fps", 25), crf=crf)
 
 

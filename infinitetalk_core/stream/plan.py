@@ -38,7 +38,7 @@ class ChunkPlan:
     start, stop: global frames the chunk generates (stop - start == chunk_frames); also the audio
         frames it hears. Frames at or past the audio length are heard as padding (see padded_frames).
     keep_start, keep_stop: local frames (0 = first decoded frame of the chunk) that go to the output.
-    output_start, output_stop: where those kept frames land in the final video.
+    output_start, output_stop: where those kept frames land in this plan's output (0 = its first frame).
     context_frames: pixel frames encoded as context latents: 1 (the reference frame) for the first
         chunk, else M (the last M frames of the previous chunk after colour correction).
     context_latents: leading latent frames overwritten with the clean context every step.
@@ -88,6 +88,7 @@ class StreamPlan:
     output_frames: int
     chunks: tuple[ChunkPlan, ...]
     lead_context: bool = False  # chunk 0 continues a previous clip (its last M frames are the context)
+    first_frame: int = 0  # global frame of the first output frame: a chapter of a longer job starts later
 
     @property
     def stride(self) -> int:
@@ -155,9 +156,14 @@ def validate_chunk_settings(chunk_frames: int, context_frames: int) -> None:
 
 def plan_chunks(
     num_audio_frames: int, chunk_frames: int = 81, context_frames: int = 9, max_frames: int | None = None,
-    lead_context: bool = False,
+    lead_context: bool = False, first_frame: int = 0,
 ) -> StreamPlan:
     """Plan every chunk of a stream whose output is exactly min(num_audio_frames, max_frames) frames.
+
+    ``first_frame``: start the stream at that global frame (a chapter): chunk 0 is then anchored to the
+    reference at that time and ``max_frames`` stays a global frame (the chapter's end), so the output is
+    min(num_audio_frames, max_frames) − first_frame frames and every chunk hears the audio of its own
+    global time range.
 
     Chunk k starts at global frame k·(F−M); the first keeps local frames [0, F), later ones [M, F),
     the last one is trimmed to the output length. Number of chunks: 1 if the output fits in one chunk,
@@ -168,7 +174,13 @@ def plan_chunks(
     validate_chunk_settings(chunk_frames, context_frames)
     if max_frames is not None:
         _check_int("max_frames", max_frames, 1)
-    out = num_audio_frames if max_frames is None else min(num_audio_frames, max_frames)
+    end = num_audio_frames if max_frames is None else min(num_audio_frames, max_frames)
+    _check_int("first_frame", first_frame, 0)
+    if first_frame >= end:
+        raise InputValidationError(
+            f"first_frame={first_frame} is not before the end of the output ({end} frames).",
+            "Start the chapter inside the audio (and before max_frames).")
+    out = end - first_frame
     stride = chunk_frames - context_frames
     if not isinstance(lead_context, bool):
         raise InputValidationError(f"lead_context must be True or False, got {lead_context!r}.", "Pass a bool.")
@@ -177,16 +189,19 @@ def plan_chunks(
     else:
         count = 1 if out <= chunk_frames else 1 + -(-(out - chunk_frames) // stride)
     chunks = tuple(
-        _chunk(k, out, num_audio_frames, chunk_frames, context_frames, lead_context) for k in range(count)
+        _chunk(k, out, num_audio_frames, chunk_frames, context_frames, lead_context, first_frame)
+        for k in range(count)
     )
-    return StreamPlan(num_audio_frames, chunk_frames, context_frames, max_frames, out, chunks, lead_context)
+    return StreamPlan(num_audio_frames, chunk_frames, context_frames, max_frames, out, chunks, lead_context,
+                      first_frame)
 
 
-def _chunk(index: int, out: int, n_audio: int, f: int, m: int, lead: bool = False) -> ChunkPlan:
-    start = index * (f - m) - (m if lead else 0)
+def _chunk(index: int, out: int, n_audio: int, f: int, m: int, lead: bool = False, first: int = 0) -> ChunkPlan:
+    local = index * (f - m) - (m if lead else 0)  # counted from the plan's first output frame
+    start = first + local
     fresh = index == 0 and not lead  # chunk 0 of a new clip: its context is the reference frame alone
     keep_start = 0 if fresh else m
-    keep_stop = min(f, out - start)
+    keep_stop = min(f, out - local)
     context = 1 if fresh else m
     return ChunkPlan(
         index=index,
@@ -194,8 +209,8 @@ def _chunk(index: int, out: int, n_audio: int, f: int, m: int, lead: bool = Fals
         stop=start + f,
         keep_start=keep_start,
         keep_stop=keep_stop,
-        output_start=start + keep_start,
-        output_stop=start + keep_stop,
+        output_start=local + keep_start,
+        output_stop=local + keep_stop,
         context_frames=context,
         context_latents=latent_frames_for(context),
         padded_frames=max(0, start + f - n_audio),

@@ -89,10 +89,16 @@ def fingerprint_inputs(
 
 
 def _plan_identity(plan: StreamPlan) -> dict:
-    """The plan's fields without its chunks (derived), lead_context only when set (older jobs match)."""
+    """The plan's fields without its chunks (derived) and without the cap: a capped pass makes an exact
+    prefix of the uncapped run, so a later pass continues it (``JobDirectory.adopt_plan``). Recorded as
+    if uncapped (so uncapped jobs of earlier versions keep their fingerprints); lead_context and
+    first_frame only when set."""
     fields = {k: v for k, v in vars(plan).items() if k != "chunks"}
+    fields.update(max_frames=None, output_frames=plan.num_audio_frames)
     if not fields.get("lead_context"):
         fields.pop("lead_context", None)
+    if not fields.get("first_frame"):
+        fields.pop("first_frame", None)
     return fields
 
 
@@ -359,6 +365,7 @@ def open_job(
     else:
         job = JobDirectory.for_inputs(job_root, fingerprint, layout)
     try:
+        job.adopt_plan(plan)  # this pass's cap (a later pass continues a capped one)
         state = job_state(job)
     except BaseException:
         job.close()
