@@ -341,7 +341,8 @@ def _open_render_job(host, inputs, name, fingerprint, plan, size, settings, chap
         remove_job_folder(path)  # the user asked to start over; only ever a job folder of ours
     job, state = open_job(path, None, fingerprint, plan, size,
                           {**settings.cost_metadata(plan.num_chunks), **(chapter_layout or {})})
-    job.update_layout(chapter_layout or {})  # a resumed chapter reports this pass's boundaries
+    # a resumed chapter reports this pass's boundaries; the whole job (one chapter) reports none
+    job.update_layout(chapter_layout or {"chapter": None, "chapters": None})
     return job, state
 
 

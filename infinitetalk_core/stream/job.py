@@ -221,10 +221,14 @@ class JobDirectory:
         self.update_layout({"num_chunks": plan.num_chunks, "output_frames": plan.output_frames})
 
     def update_layout(self, values: Mapping) -> None:
-        """Record this pass's ``values`` in the manifest's layout (saved only when something changed)."""
-        changed = {k: v for k, v in values.items() if self.manifest.layout.get(k) != v}
+        """Record this pass's ``values`` in the manifest's layout (None removes a key); the manifest is
+        saved only when something changed."""
+        layout = self.manifest.layout
+        changed = {k: v for k, v in values.items() if layout.get(k) != v}
         if changed:
-            self.manifest.layout.update(changed)
+            layout.update({k: v for k, v in changed.items() if v is not None})
+            for key in (k for k, v in changed.items() if v is None):
+                layout.pop(key, None)
             self._save_manifest()
 
     def load_state(self) -> dict[str, torch.Tensor] | None:

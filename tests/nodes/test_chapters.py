@@ -109,3 +109,14 @@ def test_scene_cuts_of_a_source_video_place_chapter_boundaries(pack_module):
     feats = SimpleNamespace(mix=steady, num_frames=250)
     chapters = chapter_inputs.job_chapters({"chapters": "2"}, feats, refs)
     assert [(c.start, c.kind) for c in chapters] == [(0, "start"), (160, "scene_cut")]
+
+
+def test_chapter_one_is_the_start_of_the_whole_job(graph):
+    """Without a job name, chapter 1 and the unchaptered job are one folder (the same frames); the manifest
+    then reports the chapters of the latest pass only."""
+    chapter_one = render(graph, chapter=1)[0]
+    layout = json.loads((Path(chapter_one.path) / "manifest.json").read_text())["layout"]
+    assert layout["chapter"]["index"] == 0 and len(layout["chapters"]) == 2
+    whole = render(graph, chapters="")[0]
+    assert whole.path == chapter_one.path and whole.frame_count == 70
+    assert "chapter" not in json.loads((Path(whole.path) / "manifest.json").read_text())["layout"]
