@@ -54,10 +54,20 @@ class ChunkResult:
     refine_calls: int = 0  # extra pass calls of the context refinement before this chunk (experimental)
     # the kept float frames [3, n, H, W] on the compute device until released (a one-slot holder: frozen)
     float_frames: list = field(default_factory=list, repr=False, compare=False)
+    # seconds per stage (encoding_references, refining_context, sampling, decoding, colour, post): reports
+    stages: dict[str, float] = field(default_factory=dict)
+    # what colour matching changed in the kept frames, in uint8 levels: {"mean_abs", "mean_rgb"} (None: off)
+    colour: dict | None = None
 
     @property
     def index(self) -> int:
         return self.chunk.index
+
+    def stats(self) -> dict:
+        """What the job manifest records about this chunk (``ChunkRecord.stats``): informational only."""
+        return {"timings": {k: round(v, 4) for k, v in self.stages.items()}, "colour": self.colour,
+                "pass_calls": self.pass_calls, "skipped_calls": self.skipped_calls,
+                "refine_calls": self.refine_calls}
 
     @property
     def frames(self) -> torch.Tensor:

@@ -143,3 +143,35 @@ class ProgressClock:
             shown = counted + 0.25 * (raw - counted)
         self._shown = (shown, now)
         return shown
+
+
+class StageTimer:
+    """Seconds per stage of a run, for progress events: ``enter(stage)`` closes the stage in progress.
+
+    ``enter`` returns the seconds of the stage it closed (None for the first); ``timings()`` the total
+    seconds per stage so far, the stage in progress included (a running view for the frontend).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self._clock = clock
+        self._stage: str | None = None
+        self._since = clock()
+        self._totals: dict[str, float] = {}
+
+    def enter(self, stage: str) -> float | None:
+        """Start ``stage`` now (re-entering the same stage is a no-op returning None)."""
+        if stage == self._stage:
+            return None
+        now, previous = self._clock(), self._stage
+        seconds = None if previous is None else now - self._since
+        if previous is not None:
+            self._totals[previous] = self._totals.get(previous, 0.0) + seconds
+        self._stage, self._since = stage, now
+        return seconds
+
+    def timings(self) -> dict[str, float]:
+        """{stage: total seconds} rounded to milliseconds, the stage in progress counted up to now."""
+        totals = dict(self._totals)
+        if self._stage is not None:
+            totals[self._stage] = totals.get(self._stage, 0.0) + self._clock() - self._since
+        return {k: round(v, 3) for k, v in totals.items()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Mapping
 
 from ..errors import JobDamagedError
@@ -56,6 +56,24 @@ class ChunkRecord:
     size: int
     content: str | None = None  # SHA-256 of the uint8 frames before encoding (None in format 1)
     state: str | None = None  # SHA-256 of the carry state after this chunk
+    # informational (reports): seconds per stage, colour change, pass calls, frame differences; only in
+    # manifests written since stats exist, and only serialised when present (older records unchanged)
+    stats: dict | None = None
+
+    def to_dict(self) -> dict:
+        """The record as JSON fields; ``stats`` only when present."""
+        body = asdict(self)
+        if body["stats"] is None:
+            del body["stats"]
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict) -> "ChunkRecord":
+        """Parse one record; stats that are not a mapping are dropped (they never decide anything)."""
+        record = cls(**body)
+        if record.stats is None or isinstance(record.stats, dict):
+            return record
+        return replace(record, stats=None)
 
 
 @dataclass(frozen=True)
@@ -82,9 +100,9 @@ class JobManifest:
             "fingerprint": self.fingerprint,
             "inputs": self.inputs,
             "layout": self.layout,
-            "chunks": [asdict(c) for c in self.chunks],
+            "chunks": [c.to_dict() for c in self.chunks],
             "states": {str(k): asdict(v) for k, v in sorted(self.states.items())},
-            "pending": [asdict(c) for c in self.pending],
+            "pending": [c.to_dict() for c in self.pending],
         }
         if self.rerolls:
             body["rerolls"] = {str(k): v for k, v in sorted(self.rerolls.items())}
@@ -99,11 +117,11 @@ class JobManifest:
             if version not in READABLE_FORMATS:
                 raise JobDamagedError(f"{where} has job format {version!r}; this release reads "
                                       f"{READABLE_FORMATS}.", "Update the node pack, or pick a new job_name.")
-            chunks = [ChunkRecord(**c) for c in body["chunks"]]
+            chunks = [ChunkRecord.from_dict(c) for c in body["chunks"]]
             states = {int(k): StateRecord(**v) for k, v in body.get("states", {}).items()}
             if version == 1 and body.get("state_file") and chunks:
                 states[chunks[-1].index] = StateRecord(body["state_file"], "")
-            pending = [ChunkRecord(**c) for c in body.get("pending", [])]
+            pending = [ChunkRecord.from_dict(c) for c in body.get("pending", [])]
             _check_file_names(where, [r.file for r in chunks + pending], [r.file for r in states.values()])
             rerolls = _read_rerolls(where, body.get("rerolls", {}))
             return cls(body["fingerprint"], dict(body["inputs"]), dict(body["layout"]), chunks, states,

@@ -84,7 +84,7 @@ class _Recorder:
         original = JobDirectory.commit_chunk
         recorder = self
 
-        def commit_chunk(job, index, frames, state):
+        def commit_chunk(job, index, frames, state, stats=None):
             with recorder.lock:
                 recorder.active += 1
                 recorder.max_active = max(recorder.max_active, recorder.active)
@@ -95,7 +95,7 @@ class _Recorder:
                 if recorder.wait_for is not None:
                     recorder.wait_for(index)
                 time.sleep(recorder.delay)
-                original(job, index, frames, state)
+                original(job, index, frames, state, stats)
             finally:
                 with recorder.lock:
                     recorder.active -= 1
