@@ -4,7 +4,7 @@
 // preview (its UI output is {images: [mp4], animated: [true]}, like SaveVideo's).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { PROGRESS_EVENT, parseProgress, progressLabel } from "./infinitetalk_core.js";
+import { PROGRESS_EVENT, liveInfo, liveLabel, parseProgress, progressLabel } from "./infinitetalk_core.js";
 
 const STATUS_NODES = new Set(["InfiniteTalkStreamingSampler", "InfiniteTalkVideoCombine"]);
 // A strip of this height is kept free between the node's sockets and its first widget for the status
@@ -35,6 +35,50 @@ function fitText(ctx, text, width) {
   return text.slice(0, end) + "…";
 }
 
+// Live preview (Streaming Sampler, live_preview on): a <video> DOM widget playing the job's HLS playlist
+// natively where the browser can (Safari); elsewhere (Chromium, no hls.js vendored) it plays the newest
+// chunk (latest.m4v) and moves on to the next one when that has played and a newer chunk exists.
+const HLS_TYPE = "application/vnd.apple.mpegurl";
+
+function liveWidget(node) {
+  if (node.infinitetalkLive) return node.infinitetalkLive;
+  const box = document.createElement("div");
+  const video = Object.assign(document.createElement("video"), { muted: true, autoplay: true, controls: true,
+    playsInline: true });
+  video.style.width = "100%";
+  const label = document.createElement("div");
+  label.style.cssText = "font: 12px sans-serif; color: #9fd; padding: 2px 4px";
+  box.append(video, label);
+  node.addDOMWidget?.("infinitetalk_live", "video", box, { serialize: false });
+  const live = { video, label, native: !!video.canPlayType?.(HLS_TYPE), chunk: -1, shown: -1, latestUrl: null };
+  // fallback: when a chunk has played, show the newest one if it is newer, else replay the current one
+  video.addEventListener("ended", () => (live.shown < live.chunk ? showLatest(live) : video.play?.()));
+  node.infinitetalkLive = live;
+  return live;
+}
+
+function showLatest(live) {
+  if (!live.latestUrl) return;
+  live.shown = live.chunk;
+  live.video.src = `${live.latestUrl}&chunk=${live.chunk}`; // a new URL per chunk: no stale cache
+  live.video.play?.().catch?.(() => {});
+}
+
+function updateLive(node, detail, progress) {
+  const info = liveInfo(detail);
+  if (!info && !node.infinitetalkLive) return;
+  const live = liveWidget(node);
+  if (info) {
+    live.latestUrl = info.latestUrl;
+    if (live.native && live.video.src !== info.liveUrl) live.video.src = info.liveUrl;
+  }
+  // the live event carries the chunks done so far (a resumed job has some); chunk_done events count on
+  if (progress && (progress.chunkDone || info)) live.chunk = Math.max(live.chunk, progress.chunk);
+  if (progress?.chunks) live.label.textContent = liveLabel(Math.max(0, live.chunk), progress.chunks);
+  const idle = live.video.paused || live.video.ended || live.shown < 0;
+  if (!live.native && live.chunk > live.shown && idle) showLatest(live);
+}
+
 app.registerExtension({
   name: "infinitetalk.dubbing",
   setup() {
@@ -42,6 +86,7 @@ app.registerExtension({
       const progress = parseProgress(event.detail);
       const node = progress && findNode(progress.node);
       if (node) setStatus(node, progressLabel(progress));
+      if (node && node.type === "InfiniteTalkStreamingSampler") updateLive(node, event.detail, progress);
     });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {

@@ -88,3 +88,17 @@ export function progressLabel(p) {
   parts.push(eta);
   return parts.join(" · ");
 }
+
+// The live preview's URLs of a progress payload (Streaming Sampler, live_preview on), or null. Only
+// ComfyUI /view URLs of the output folder are accepted: the <video> must never load anything else.
+export function liveInfo(detail) {
+  if (!detail || typeof detail !== "object") return null;
+  const ok = (url) => typeof url === "string" && url.startsWith("/view?") && url.includes("type=output");
+  if (!ok(detail.live_url)) return null;
+  return { liveUrl: detail.live_url, latestUrl: ok(detail.latest_url) ? detail.latest_url : null };
+}
+
+// "chunk 3/12 live": the text under the live video (chunks done, of all).
+export function liveLabel(done, chunks) {
+  return Number.isInteger(done) && Number.isInteger(chunks) && chunks > 0 ? `chunk ${done}/${chunks} live` : "live";
+}

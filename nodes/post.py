@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -10,6 +11,7 @@ from .common import CATEGORY, FRAMES_TYPE, coded_errors, comfy_audio, require
 from .frames import FramesSource, ImageFrames
 from .host import get_host
 from .output_paths import output_name_parts
+from .report_files import write_report_files
 
 log = logging.getLogger(__name__)
 BATCH = 16  # frames per write: memory stays at one batch whatever the video length
@@ -110,8 +112,6 @@ class InfiniteTalkVideoCombine:
     @coded_errors("writing the mp4")
     def combine(self, fps, filename_prefix, crf, frames=None, images=None, audio=None, job_retention="keep",
                 unique_id=None):
-        from ..infinitetalk_core.video.writer import Mp4Writer
-
         require((frames is None) != (images is None), "Video Combine needs exactly one of frames or images.",
                 "Connect the Streaming Sampler's frames output, or an IMAGE batch, but not both.")
         require(job_retention in RETENTION, f"job_retention={job_retention!r} is not one of {RETENTION}.",
@@ -121,15 +121,49 @@ class InfiniteTalkVideoCombine:
         path, subfolder = host.save_path(filename_prefix, source.width, source.height)  # refuses leaving output/
         sound = None if audio is None else _audio_source(audio)
         host.send_progress({"stage": "muxing", "chunk": 0, "chunks": 0}, unique_id)
-        with Mp4Writer(path, source.width, source.height, source.frame_count, audio=sound,
-                       fps=source.fps, crf=crf, temp_dir=host.temp_dir()) as writer:
-            for batch in source.iter_uint8(BATCH):
-                writer.write(batch)
+        mux_start = time.perf_counter()  # the metadata's muxing seconds
+        stream_copy = _write_video(source, frames, path, sound, crf, host.temp_dir())
+        # run report next to the mp4 (before a job folder is deleted: the thumbnail reads a chunk)
+        report = write_report_files(source, path, subfolder, time.perf_counter() - mux_start)
         if frames is not None and job_retention == "delete_after_combine":
             _delete_job(frames)
-        host.send_progress({"stage": "done", "chunk": 0, "chunks": 0, "fraction": 1.0}, unique_id)
+        host.send_progress({"stage": "done", "chunk": 0, "chunks": 0, "fraction": 1.0,
+                            "stream_copy": stream_copy}, unique_id)
         ui = {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}], "animated": (True,)}
+        if report:  # a key of its own: ComfyUI's video preview reads images/animated
+            ui["infinitetalk_report"] = report
         return {"ui": ui, "result": (host.wrap_video_file(str(path)), str(path))}
+
+
+def _write_video(source, frames, path, sound, crf: int, temp_dir) -> bool:
+    """Write the mp4: join the job's live segments by stream copy when they are exactly this encode (crf
+    LIVE_CRF, 25 fps, covering every frame), else encode the frames. True when it was a stream copy."""
+    from ..infinitetalk_core.video.concat import concat_streams
+    from ..infinitetalk_core.video.writer import Mp4Writer
+
+    segments = _live_segments(frames, crf)
+    start = getattr(frames, "start_frame", 0) / 25  # a chapter: its audio starts at the chapter's start
+    if segments:
+        log.info("Video Combine: joining %d live segments by stream copy (no re-encode)", len(segments))
+        concat_streams(segments, path, source.frame_count, sound, source.fps, temp_dir,
+                       audio_start_seconds=start, frame_counts=[r.frames for r in frames.job.manifest.chunks])
+        return True
+    log.info("Video Combine: encoding %d frames at crf %d", source.frame_count, crf)
+    with Mp4Writer(path, source.width, source.height, source.frame_count, audio=sound, fps=source.fps,
+                   crf=crf, temp_dir=temp_dir, audio_start_seconds=start) as writer:
+        for batch in source.iter_uint8(BATCH):
+            writer.write(batch)
+    return False
+
+
+def _live_segments(frames, crf: int) -> list | None:
+    """The job's live segments when they cover a frames handle's output exactly at crf LIVE_CRF, 25 fps."""
+    from ..infinitetalk_core.video.live import LIVE_CRF, LIVE_FPS, LiveOutput
+
+    job = getattr(frames, "job", None)  # one job (chapters: re-encode)
+    if job is None or crf != LIVE_CRF or frames.fps != LIVE_FPS:
+        return None
+    return LiveOutput(job.path).segments_for(job)
 
 
 def _audio_source(audio):

@@ -18,7 +18,7 @@ from ..infinitetalk_core.sampling.guidance import GuidanceConfig
 from ..infinitetalk_core.sampling.refine import RefineSettings
 from ..infinitetalk_core.sampling.schedulers import DISTILL_SHIFT
 from ..infinitetalk_core.sampling.step_cache import StepCacheSettings
-from ..infinitetalk_core.stream.hooks import StreamHooks
+from ..infinitetalk_core.stream.hooks import StageTimer, StreamHooks
 from ..infinitetalk_core.stream.host import TextContexts, WanNormalizedVAE, pixels_from_comfy, tensor_digest
 from ..infinitetalk_core.stream.job import JobFingerprint, digest_json
 from ..infinitetalk_core.stream.job_files import disk_errors, job_folder, remove_job_folder, safe_job_name
@@ -211,7 +211,7 @@ def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt,
     not used: it fires when the chunk is handed to the writer, before it is on disk.
     """
     done, eta = [0], [None]  # the progress bar never moves back; the newest estimate of the time left
-    holding = [False]
+    holding, timer, last = [False], StageTimer(), [None]  # last: the closed stage's seconds
 
     def update(value: int, preview=None) -> None:
         done[0] = max(done[0], value)
@@ -219,8 +219,12 @@ def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt,
 
     def send(stage: str, chunk: int, chunks: int, step: int, eta_seconds, **extra) -> None:
         fraction = (chunk * steps + step) / max(1, chunks * steps)
+        if not extra.get("chunk_done"):  # a chunk saved in the background is no stage of its own
+            closed = timer.enter(stage)
+            last[0] = last[0] if closed is None else round(closed, 3)
         host.send_progress({"stage": stage, "chunk": chunk, "chunks": chunks, "step": step, "steps": steps,
-                            "fraction": fraction, "eta": eta_seconds, **extra}, node_id)
+                            "fraction": fraction, "eta": eta_seconds, "stage_seconds": last[0],
+                            "timings": timer.timings(), **extra}, node_id)
 
     def on_stage(s):
         eta[0] = s.eta_seconds
@@ -397,18 +401,20 @@ def _run_chapter(host, inputs: dict, p: _Prepared, chapter, vae, source, encoder
     try:
         _reroll(job, inputs, plan)
         if not job.is_complete:
-            _render(host, job, p, vae, source, encoder, node_id, deferred)
+            _render(host, job, p, vae, source, encoder, node_id, deferred,
+                    live_preview=inputs.get("live_preview", True))  # live preview: see _render
     finally:
         job.close()
     return job
 
 
-def _render(host, job, p: _Prepared, vae, source, encoder, node_id, deferred):
+def _render(host, job, p: _Prepared, vae, source, encoder, node_id, deferred, live_preview: bool = True):
     steps, model = p.settings.sampled_steps, p.model
     device = host.load_for_use([model.managed])
     progress = host.progress(p.plan.num_chunks * steps)
     progress.update(job.chunks_done * steps)
-    committer = BackgroundCommitter(job)
+    live = _live_output(host, job, p, node_id) if live_preview else None
+    committer = BackgroundCommitter(job, live=live)
     hooks = _reload_before_dit(_hooks(host, progress, steps, node_id, deferred, committer),
                                lambda: host.load_for_use([model.managed]))
 
@@ -419,5 +425,29 @@ def _render(host, job, p: _Prepared, vae, source, encoder, node_id, deferred):
                                previous_frames=p.previous)
 
     run_job(job, chunks_from, committer=committer)
+    if live is not None:
+        live.sync(job)
     deferred.raise_pending()
     progress.close()
+
+
+def _live_output(host, job, p: _Prepared, node_id):
+    """The job's HLS preview (video/live.py), synced now, and a progress event with its /view URL."""
+    from urllib.parse import quote
+
+    from ..infinitetalk_core.video.live import LiveOutput
+
+    mix = getattr(p.feats, "mix", None) or {}
+    audio = (mix["waveform"], int(mix["sample_rate"])) if "waveform" in mix else None
+    live = LiveOutput(job.path, audio, getattr(p.plan, "first_frame", 0))
+    live.sync(job)
+    try:  # only ever a folder inside the output folder (ComfyUI's /view serves nothing else)
+        sub = live.folder.resolve().relative_to(host.output_dir().resolve()).as_posix()
+    except ValueError:
+        log.warning("live preview not shown: the job folder is outside the output folder")
+        return live
+    view = "/view?filename={}&subfolder=" + quote(sub, safe="") + "&type=output"
+    host.send_progress({"stage": "sampling", "chunk": job.chunks_done, "chunks": p.plan.num_chunks,
+                        "step": 0, "live_url": view.format("index.m3u8"),
+                        "latest_url": view.format("latest.m4v")}, node_id)
+    return live

@@ -175,6 +175,11 @@ class InfiniteTalkStreamingSampler:
                                          "(RMS, dBFS) counts as silence."}),
                 "min_silence_ms": ("INT", {"default": 300, "min": 40, "max": 60_000, "step": 10, "tooltip":
                                    "Chapters: the shortest pause that may hold a chapter boundary."}),
+                "live_preview": ("BOOLEAN", {"default": True, "tooltip": "Watch the video while it renders: "
+                                 "each finished chunk is also encoded (as Video Combine would) into an HLS "
+                                 "playlist in the job folder (output/InfiniteTalk_jobs/<job>/live/index.m3u8) "
+                                 "played on this node; Video Combine then joins those parts without "
+                                 "re-encoding (at crf 19). Off: no live files, no extra encode."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -32,6 +33,7 @@ from safetensors.torch import save as save_safetensors
 
 from ..errors import GenerationError, InputValidationError, JobDamagedError
 from ..video.chunk_codec import CHUNK_SUFFIX, decode_chunk, encode_chunk
+from .frame_stats import frame_differences
 from .job_files import LOCK, MANIFEST, JobLock, disk_errors, has_symlinked_parts, is_job_entry, write_atomic
 from .job_manifest import ChunkRecord, JobFingerprint, JobManifest, StateRecord, digest_json
 
@@ -69,6 +71,7 @@ class JobDirectory:
         self._lock: JobLock | None = None
         self._created = False
         self._doomed: list[str] = []  # files to delete once the manifest no longer names them
+        self._last_frame: tuple[int, np.ndarray] | None = None  # (chunk, its last kept frame): seams
 
     @classmethod
     def for_inputs(cls, root: str | Path, fingerprint: JobFingerprint, layout: dict) -> "JobDirectory":
@@ -248,8 +251,12 @@ class JobDirectory:
                                   "Move that job folder away (or delete it) to start over.") from exc
 
     # -- commit --------------------------------------------------------------------------------------
-    def commit_chunk(self, index: int, frames: np.ndarray, state: Mapping[str, torch.Tensor]) -> None:
-        """Persist chunk ``index``: kept frames (uint8 [n, H, W, 3]) and carry state, then mark it done."""
+    def commit_chunk(self, index: int, frames: np.ndarray, state: Mapping[str, torch.Tensor],
+                     stats: Mapping | None = None) -> None:
+        """Persist chunk ``index``: kept frames (uint8 [n, H, W, 3]) and carry state, then mark it done.
+
+        ``stats`` (ChunkResult.stats(): timings, colour, pass calls) is recorded with the chunk, plus its
+        frame differences (frame_stats.py); informational, it never changes frames, states or hashes."""
         self._check_commit(index, frames)
         content = _sha(np.ascontiguousarray(frames).tobytes())
         state_bytes = _state_bytes(state)
@@ -258,12 +265,29 @@ class JobDirectory:
         record = self._reuse_pending(index, content, state_sha) or self._write_chunk(index, frames, content, state_sha)
         state_file = _state_file(index)
         write_atomic(self.path / state_file, state_bytes)
+        if stats is not None:
+            differences = frame_differences(frames, self._previous_last(index))
+            record = replace(record, stats={**stats, **differences})
+        self._last_frame = (index, np.array(frames[-1]))  # the next chunk's seam, without decoding
         self.manifest.chunks.append(record)
         self.manifest.states[index] = StateRecord(state_file, state_sha)
         self._fast_forward()
         self._doomed += [self.manifest.states.pop(i).file for i in self._obsolete_states()]
         self._save_manifest()
         self._delete_unnamed(self._doomed)
+
+    def _previous_last(self, index: int) -> np.ndarray | None:
+        """Chunk ``index - 1``'s last kept frame: cached at its commit, else read (a resumed job)."""
+        if index == 0:
+            return None
+        cached = getattr(self, "_last_frame", None)
+        if cached is not None and cached[0] == index - 1:
+            return cached[1]
+        try:
+            frames = self.last_frames(1)
+        except JobDamagedError:
+            return None  # only a statistic: a damaged previous chunk is repaired elsewhere
+        return frames[-1] if len(frames) else None
 
     def _delete_unnamed(self, names: list[str]) -> None:
         """Delete those of ``names`` the (already saved) manifest no longer names."""
@@ -426,25 +450,29 @@ def _refuse_foreign_folder(path: Path) -> None:
         return
     with disk_errors(f"reading the folder '{path.name}'"):
         extra = [p.name for p in path.iterdir() if not is_job_entry(p.name) or p.name == MANIFEST]
-        extra += [p.name for sub in ("chunks", "state") if (path / sub).is_dir() for p in (path / sub).iterdir()
-                  if not p.name.startswith(".tmp-")]
+        extra += [p.name for sub in ("chunks", "state", "live") if (path / sub).is_dir()
+                  for p in (path / sub).iterdir() if not p.name.startswith(".tmp-")]
     if extra:
         raise InputValidationError(f"'{path.name}' is not empty and holds no job manifest.",
                                    "Pick another job_name, or empty that folder yourself.")
+
+
+_EMPTY_LIVE = ("live", "index.m3u8")  # the playlist of a job with no chunk lists nothing
 
 
 def _clear_unused(path: Path) -> bool:
     """Remove the manifest and empty chunks/ and state/ of a job that never got a chunk (the lock and
     the folder itself go with the lock); False, touching nothing, when anything else is in it."""
     try:
-        subs_empty = all(not (path / sub).is_dir() or all(p.name.startswith(".tmp-") for p in (path / sub).iterdir())
-                         for sub in ("chunks", "state"))
+        subs_empty = all(not (path / sub).is_dir() or all(p.name.startswith(".tmp-") or (sub, p.name) == _EMPTY_LIVE
+                                                          for p in (path / sub).iterdir())
+                         for sub in ("chunks", "state", "live"))
         if not subs_empty or not all(is_job_entry(p.name) for p in path.iterdir()):
             return False
         (path / MANIFEST).unlink(missing_ok=True)
-        for sub in ("chunks", "state"):
+        for sub in ("chunks", "state", "live"):
             if (path / sub).is_dir():
-                for tmp in (path / sub).glob(".tmp-*"):
+                for tmp in [*(path / sub).glob(".tmp-*"), *(path / sub).glob("index.m3u8")]:
                     tmp.unlink(missing_ok=True)
                 _rmdir(path / sub)
         return True

@@ -23,7 +23,8 @@ from ..errors import DiskError, InputValidationError, JobLockedError
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-JOB_ENTRIES = {MANIFEST, LOCK, "chunks", "state"}  # what a job folder of ours may hold (+ .tmp-*)
+JOB_ENTRIES = {MANIFEST, LOCK, "chunks", "state", "live"}  # live/: HLS preview (video/live.py)  # what a job folder of ours may hold (+ .tmp-*)
+JOB_SUBFOLDERS = ("chunks", "state", "live")
 MAX_NAME = 100
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 _NAME = re.compile(r"[\w][\w .-]*")  # letters/digits/_ first; then also space, dot, dash
@@ -76,8 +77,8 @@ def is_job_entry(name: str) -> bool:
 
 
 def has_symlinked_parts(path: Path) -> bool:
-    """A job folder whose chunks/ or state/ (or the folder itself) is a link could reach elsewhere."""
-    return any(p.is_symlink() for p in (Path(path), Path(path) / "chunks", Path(path) / "state"))
+    """A job folder whose chunks/, state/ or live/ (or the folder itself) is a link could reach elsewhere."""
+    return any(p.is_symlink() for p in (Path(path), *(Path(path) / sub for sub in JOB_SUBFOLDERS)))
 
 
 def is_our_job_folder(path: Path) -> bool:

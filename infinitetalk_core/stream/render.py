@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 
@@ -30,6 +30,9 @@ from .reroll import apply_reroll
 from .settings import StreamSettings
 from .sources import ReferenceFrames
 from .validation import audio_persons, validate_stream_inputs
+
+if TYPE_CHECKING:
+    from ..video.live import LiveOutput
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,7 @@ def render_to_job(
     reroll: tuple[int, int] | None = None,
     dub_mask=None,
     previous_frames: torch.Tensor | None = None,
+    live: "LiveOutput | None" = None,
 ) -> JobDirectory:
     """Generate every chunk not yet in the job directory; return the (complete) job.
 
@@ -135,7 +139,8 @@ def render_to_job(
     commit has finished when this returns or raises. reroll: (chunk, seed), chunk 0-based: regenerate that
     chunk with ``seed`` and the later ones with the run's seed, keeping the chunks before it (see
     reroll.py; the same reroll again resumes instead of re-rolling again). dub_mask, previous_frames: as
-    ``generate_chunks``'s (keep the source outside a mask; continue a clip).
+    ``generate_chunks``'s (keep the source outside a mask; continue a clip). live: a video/live.py
+    ``LiveOutput`` (HLS preview in the job folder), synced after opening and at the end.
     """
     validate_stream_inputs(
         model, plan, references, audio_features, text, settings, image_encoder, ref_target_masks, None,
@@ -160,6 +165,8 @@ def render_to_job(
     try:
         if reroll is not None:
             apply_reroll(job, *_reroll_pair(reroll), context_frames=plan.context_frames)
+        if live is not None:
+            live.sync(job)
         if job.is_complete:
             log.info("job %s is already complete (%d chunks)", job.path, job.chunks_done)
             return job
@@ -170,7 +177,10 @@ def render_to_job(
                                    hooks=hooks, device=device, chunk_seeds=dict(job.manifest.rerolls),
                                    dub_mask=dub_mask, previous_frames=previous_frames)
 
-        return run_job(job, chunks_from, on_chunk_saved)
+        run_job(job, chunks_from, committer=BackgroundCommitter(job, on_chunk_saved, live=live))
+        if live is not None:
+            live.sync(job)
+        return job
     finally:
         job.close()
 
@@ -262,8 +272,10 @@ class BackgroundCommitter:
         job: JobDirectory,
         on_chunk_saved: Callable[[ChunkResult, float], None] | None = None,
         background: bool = True,
+        live: "LiveOutput | None" = None,
     ):
         self.job, self.on_chunk_saved, self.background = job, on_chunk_saved, background
+        self.live = live  # video/live.py LiveOutput: a segment per committed chunk (never raises)
         self._thread: threading.Thread | None = None
         self._result: ChunkResult | None = None  # submitted, not yet reported
         self._error: BaseException | None = None
@@ -310,7 +322,10 @@ class BackgroundCommitter:
     def _commit(self, index: int, frames, state: dict) -> None:
         start = time.perf_counter()
         try:
-            self.job.commit_chunk(index, frames, state)
+            stats = self._result.stats() if self._result is not None else None  # informational, for reports
+            self.job.commit_chunk(index, frames, state, stats=stats)
+            if self.live is not None:  # after the commit: the playlist only names committed chunks
+                self.live.add(self.job, index, frames)
         except BaseException as exc:  # handed to the caller's thread
             self._error = exc
         self._seconds = time.perf_counter() - start

@@ -58,6 +58,27 @@ def _waveform_to_f32le(waveform: Waveform, sample_rate: int, folder: Path) -> tu
     return Path(name), w.shape[0]
 
 
+def audio_input_args(audio: AudioSource, temp_dir: Path, temps: list[Path], start_seconds: float = 0.0) -> list[str]:
+    """ffmpeg input args for ``audio`` (a waveform goes to a float PCM file in ``temp_dir``, appended to
+    ``temps`` for the caller to delete), read from ``start_seconds`` on; [] for no audio."""
+    if audio is None:
+        return []
+    seek = ["-ss", f"{start_seconds:.6f}"] if start_seconds > 0 else []
+    if isinstance(audio, (str, Path)):
+        if not Path(audio).is_file():
+            raise InputValidationError(f"Audio file '{audio}' does not exist.", "Check the path.")
+        return [*seek, "-i", str(audio)]
+    waveform, rate = audio
+    raw, channels = _waveform_to_f32le(waveform, rate, temp_dir)
+    temps.append(raw)
+    return ["-f", "f32le", "-ar", str(rate), "-ac", str(channels), *seek, "-i", str(raw)]
+
+
+def audio_output_args(seconds: str) -> list[str]:
+    """AAC 192k, exactly ``seconds`` long: cut at the last frame's end, silence-padded if shorter."""
+    return ["-c:a", "aac", "-b:a", "192k", "-af", f"atrim=end={seconds},apad=whole_dur={seconds}"]
+
+
 class Mp4Writer:
     """Stream uint8 frames [N, H, W, 3] into ``path``; ``close()`` checks the count and publishes the file."""
 
@@ -72,7 +93,9 @@ class Mp4Writer:
         crf: int = 19,
         preset: str = "medium",
         temp_dir: str | Path | None = None,
+        audio_start_seconds: float = 0.0,
     ):
+        self._audio_start = float(audio_start_seconds)  # a chapter's mp4 plays the audio from its start
         if width % 2 or height % 2 or width <= 0 or height <= 0:
             raise InputValidationError(
                 f"Video size {width}x{height} is not even; yuv420p needs even sizes.",
@@ -118,33 +141,14 @@ class Mp4Writer:
             str(fps),
         ]
         if audio is not None:
-            # exact length: cut the audio at the last frame's end, pad with silence if it is shorter
-            args += [
-                "-map",
-                "1:a:0",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "192k",
-                "-af",
-                f"atrim=end={seconds},apad=whole_dur={seconds}",
-            ]
+            args += ["-map", "1:a:0", *audio_output_args(seconds)]
         args += ["-movflags", "+faststart", "-f", "mp4", "-y", str(self._tmp)]
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args]
         log.debug("ffmpeg: %s", " ".join(cmd))
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)
 
     def _audio_input(self, audio: AudioSource) -> list[str]:
-        if audio is None:
-            return []
-        if isinstance(audio, (str, Path)):
-            if not Path(audio).is_file():
-                raise InputValidationError(f"Audio file '{audio}' does not exist.", "Check the path.")
-            return ["-i", str(audio)]
-        waveform, rate = audio
-        raw, channels = _waveform_to_f32le(waveform, rate, self._temp_dir)
-        self._temps.append(raw)
-        return ["-f", "f32le", "-ar", str(rate), "-ac", str(channels), "-i", str(raw)]
+        return audio_input_args(audio, self._temp_dir, self._temps, self._audio_start)
 
     def write(self, frames: np.ndarray | torch.Tensor) -> None:
         """Append uint8 frames [N, H, W, 3] (or one frame [H, W, 3])."""

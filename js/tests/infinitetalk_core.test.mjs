@@ -71,3 +71,15 @@ test("progressLabel keeps payloads without a stage working", () => {
     dit_calls: 120, skipped_calls: 0 })), "Chunk 3/10 · ETA 1:00");
   assert.equal(progressLabel(null), "");
 });
+
+test("liveInfo accepts only output-folder /view URLs; liveLabel", async () => {
+  const { liveInfo, liveLabel } = await import("../infinitetalk_core.js");
+  const url = "/view?filename=index.m3u8&subfolder=InfiniteTalk_jobs%2Fjob%2Flive&type=output";
+  assert.deepEqual(liveInfo({ live_url: url, latest_url: url.replace("index.m3u8", "latest.mp4") }),
+    { liveUrl: url, latestUrl: url.replace("index.m3u8", "latest.mp4") });
+  assert.equal(liveInfo({ live_url: "https://evil.example/x.m3u8" }), null);
+  assert.equal(liveInfo({ live_url: "/view?filename=x&type=temp" }), null);
+  assert.equal(liveInfo({ chunk: 1 }), null);
+  assert.equal(liveLabel(3, 12), "chunk 3/12 live");
+  assert.equal(liveLabel(null, 12), "live");
+});

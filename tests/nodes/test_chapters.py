@@ -120,3 +120,28 @@ def test_chapter_one_is_the_start_of_the_whole_job(graph):
     whole = render(graph, chapters="")[0]
     assert whole.path == chapter_one.path and whole.frame_count == 70
     assert "chapter" not in json.loads((Path(whole.path) / "manifest.json").read_text())["layout"]
+
+
+def _audio_of(path: Path) -> np.ndarray:
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    raw = subprocess.run([get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-map", "0:a", "-ac", "1", "-ar", "16000",
+                          "-f", "f32le", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.float32)
+
+
+def test_a_chapter_mp4_has_its_own_audio_and_chapters_stitch_to_the_exact_length(graph, pack_module, tmp_path):
+    n, concat = graph["nodes"], pack_module("infinitetalk_core.video.concat")
+    audio = speech_with_a_pause()
+    mp4s = []
+    for k in (1, 2):
+        handle = render(graph, chapter=k, job_name="mux")[0]
+        result = n["InfiniteTalkVideoCombine"]().combine(25.0, f"tests/chapter{k}", 23, frames=handle, audio=audio)
+        mp4s.append(Path(result["result"][1]))
+    second = _audio_of(mp4s[1])
+    start = handle.start_frame / 25  # chapter 2 starts inside the pause: its mp4 starts silent
+    silent = int((SILENCE[1] - start - 0.05) * 16000)
+    assert silent > 800 and np.abs(second[:silent]).max() < 0.01 and np.abs(second[silent + 1600:]).max() > 0.1
+    stitched = concat.concat_streams(mp4s, tmp_path / "all.mp4", 70, audio=(audio["waveform"][0], 16000))
+    duration, has_audio, frames = graph_run.ffmpeg_info(stitched)
+    assert frames == 70 and has_audio and abs(duration - 2.8) < 0.05
