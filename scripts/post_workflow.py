@@ -14,12 +14,13 @@ the LoadImage/LoadVideo feeding the Reference Sampler. Nothing is overwritten by
 candidates, or a loader of that kind that feeds no role, is an error naming the node ids; then give
 files per node with ``--set ID.audio=FILE`` (``.image``/``.file`` for images/videos; an existing local
 FILE is uploaded). ``--set NODE.INPUT=VALUE`` changes any widget (VALUE is parsed as JSON when it can
-be). Exit status 0 when the run succeeded, 2 when the files cannot be mapped.
+be). Exit status 0 when the run succeeded, 2 when the files cannot be mapped. Chapter mode: chapter_farm.py.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import mimetypes
 import os
@@ -31,6 +32,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 # --flag -> (loader class, its file widget, (consumer class, consumer input) the loader must feed)
 SWAPS = {
@@ -338,24 +340,41 @@ def videos(history: dict) -> list[dict]:
             if str(item.get("filename", "")).endswith(".mp4")]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line (chapter mode: --servers and/or --chapters, see scripts/chapter_farm.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("workflow", type=Path, help="API-format workflow JSON")
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     parser.add_argument("--image", type=Path)
-    parser.add_argument("--audio", type=Path,
-                        help="speech of speaker 1 (the LoadAudio feeding Audio Encode's audio)")
-    parser.add_argument("--audio-2", dest="audio_2", type=Path,
-                        help="speech of speaker 2 (the LoadAudio feeding Audio Encode's audio_2)")
+    parser.add_argument("--audio", type=Path, help="speaker 1 (LoadAudio -> Encode's audio)")
+    parser.add_argument("--audio-2", dest="audio_2", type=Path, help="speaker 2 (LoadAudio -> Encode's audio_2)")
     parser.add_argument("--video", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
     parser.add_argument("--out", type=Path, help="where to save the mp4 (default: its server name)")
-    args = parser.parse_args(argv)
+    _chapter_farm().add_arguments(parser)
+    return parser
+
+
+def _chapter_farm():
+    """scripts/chapter_farm.py, loaded by path once (this script is run, and tested, as a file)."""
+    name = "post_workflow_chapter_farm"
+    if name not in sys.modules:  # why: dataclasses look their module up in sys.modules
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("chapter_farm.py"))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: 0 success, 1 the run failed, 2 bad input (chapter mode: scripts/chapter_farm.py)."""
+    args = _parser().parse_args(argv)
     files = {k: getattr(args, k) for k in SWAPS if getattr(args, k) is not None}
     missing = [f"{flag(k)} {p}" for k, p in files.items() if not p.is_file()]
     if missing:
         print(f"error: no such file: {', '.join(missing)}.", file=sys.stderr)
         return 2
+    if args.servers or args.chapters:  # chapter mode (scripts/chapter_farm.py)
+        return _chapter_farm().main(SimpleNamespace(**globals()), args, files)
     try:
         graph = prepare(json.loads(args.workflow.read_text()), args.server, files, args.set,
                         log=lambda line: print(line, file=sys.stderr))
