@@ -46,6 +46,7 @@ function liveWidget(node) {
   const video = Object.assign(document.createElement("video"), { muted: true, autoplay: true, controls: true,
     playsInline: true });
   video.style.width = "100%";
+  video.dataset.infinitetalkLive = "1"; // the sampler's live player, not an output preview
   const label = document.createElement("div");
   label.style.cssText = "font: 12px sans-serif; color: #9fd; padding: 2px 4px";
   box.append(video, label);

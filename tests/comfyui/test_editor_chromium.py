@@ -352,18 +352,22 @@ def test_editor_queue_interrupt_and_requeue_resumes_the_same_job(server, browser
     # Video Combine: exactly one player, showing the mp4 it wrote, and the browser can load it
     (video,) = _post_workflow().videos(history)
     players = _wait_for(browser, f"""(async () => {{
-        const videos = [...document.querySelectorAll("video")];
+        const all = [...document.querySelectorAll("video")];
+        const live = all.filter(v => v.dataset.infinitetalkLive).map(v => v.currentSrc || v.src || "");
+        const videos = all.filter(v => !v.dataset.infinitetalkLive);
         const name = {json.dumps(video["filename"])};
         const ours = videos.filter(v => (v.currentSrc || v.src || "").includes(name));
         if (ours.length === 0) return null;
         const v = ours[0];
         if (v.readyState < 1) {{ v.load(); await new Promise(r => setTimeout(r, 1000)); }}
         const response = await fetch(v.currentSrc || v.src);
-        return {{count: videos.length, ours: ours.length, status: response.status,
+        return {{count: videos.length, ours: ours.length, status: response.status, live,
                  type: response.headers.get("content-type"), ready: v.readyState, duration: v.duration,
                  playable: v.canPlayType("video/mp4; codecs=\\"avc1.64001f, mp4a.40.2\\"")}};
     }})()""", seconds=60, what="a <video> of the Video Combine output")
     assert players["count"] == 1 and players["ours"] == 1, players
+    # the sampler node's live player showed the render's live output (the newest chunk, or the playlist)
+    assert len(players["live"]) == 1 and "live" in players["live"][0], players
     assert players["status"] == 200 and "mp4" in (players["type"] or ""), players
     if players["playable"]:  # a Chromium build without H.264 cannot decode it; the file is still served
         assert players["ready"] >= 1 and players["duration"] > 1.5, players
