@@ -2,6 +2,7 @@
 
     python3 bench/live.py first [--frames 120 --size 64 --steps 2]   # (a) tiny CPU preset, as bench/stream.py
     python3 bench/live.py combine [--frames 90000 --chunk-frames 1800 --size 64]   # (b) a synthetic hour
+    python3 bench/live.py combine --frames 1500 --chunk-frames 72 --size 832 --height 480 --grain 12  # 480p
 
 (a) renders the tiny model (bench/stream.py's ``tiny_inputs``) with a LiveOutput and polls
 live/index.m3u8 from another thread: "first segment" is the time from the render's start until the
@@ -77,16 +78,21 @@ def run_first(args) -> None:
         print(f"| 14B on H100, {name} | first segment ~{chunk_s + seg:.1f} s | chunk {chunk_s:.0f} s |")
 
 
-def _synthetic_job(root: Path, frames: int, chunk: int, size: int, audio) -> JobDirectory:
+def _synthetic_job(root: Path, frames: int, chunk: int, size: int, audio, height: int = 0,
+                   grain: int = 0) -> JobDirectory:
+    """``height`` (0 = square) by ``size`` frames: a moving ramp, plus ``grain`` levels of fixed noise (a
+    harder, more camera-like case for the encoder than the smooth ramp)."""
+    height = height or size
     chunks = -(-frames // chunk)
-    layout = {"num_chunks": chunks, "output_frames": frames, "height": size, "width": size, "fps": 25}
+    layout = {"num_chunks": chunks, "output_frames": frames, "height": height, "width": size, "fps": 25}
+    noise = np.random.default_rng(0).integers(0, grain + 1, (height, size, 3), dtype=np.int16) if grain else 0
     job = JobDirectory.open(root / "job", JobFingerprint({"synthetic": str(frames)}), layout)
     live = LiveOutput(job.path, audio)
-    ramp = np.arange(size)[None, :, None, None]
+    ramp = np.arange(size)[None, None, :, None]  # along the width
     for i in range(chunks):
         n = min(chunk, frames - i * chunk)
-        part = ((ramp + np.arange(n)[:, None, None, None] * 3 + i) % 256).astype(np.uint8)
-        part = np.broadcast_to(part, (n, size, size, 3)).copy()
+        part = (ramp + np.arange(n)[:, None, None, None] * 3 + i) % 256
+        part = (np.broadcast_to(part, (n, height, size, 3)) + noise).clip(0, 255).astype(np.uint8)
         job.commit_chunk(i, part, {"x": torch.zeros(1)})
         live.add(job, i, part)
     return job
@@ -100,7 +106,7 @@ def run_combine(args) -> None:
     t = np.arange(int(args.frames / 25 * rate)) / rate
     audio = ((0.2 * np.sin(2 * np.pi * 220 * t))[None].astype(np.float32), rate)
     t0 = time.perf_counter()
-    job = _synthetic_job(root, args.frames, args.chunk_frames, args.size, audio)
+    job = _synthetic_job(root, args.frames, args.chunk_frames, args.size, audio, args.height, args.grain)
     setup = time.perf_counter() - t0
     live = LiveOutput(job.path)
     t0 = time.perf_counter()
@@ -108,13 +114,14 @@ def run_combine(args) -> None:
                           frame_counts=[r.frames for r in job.manifest.chunks])
     copy_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with Mp4Writer(root / "encode.mp4", args.size, args.size, job.output_frames, audio=audio, temp_dir=root) as w:
+    height = args.height or args.size
+    with Mp4Writer(root / "encode.mp4", args.size, height, job.output_frames, audio=audio, temp_dir=root) as w:
         for batch in job.iter_frame_batches():  # as Video Combine: chunk by chunk
             w.write(np.ascontiguousarray(batch))
     encode_s = time.perf_counter() - t0
     counts = [decoded_frame_count(p) for p in (copy, root / "encode.mp4")]
     seconds = [decoded_audio_seconds(p) for p in (copy, root / "encode.mp4")]
-    print(f"| synthetic job {args.frames} frames, {args.size}x{args.size}, {len(job.manifest.chunks)} chunks "
+    print(f"| synthetic job {args.frames} frames, {args.size}x{height} (grain {args.grain}), {len(job.manifest.chunks)} chunks "
           f"(setup {setup:.0f} s) | | |")
     print(f"| stream copy | {copy_s:.2f} s | frames {counts[0]}, audio {seconds[0]:.3f} s |")
     print(f"| re-encode | {encode_s:.2f} s | frames {counts[1]}, audio {seconds[1]:.3f} s |")
@@ -152,7 +159,9 @@ def main() -> None:
     combine = sub.add_parser("combine")
     combine.add_argument("--frames", type=int, default=90_000)
     combine.add_argument("--chunk-frames", type=int, default=1800)
-    combine.add_argument("--size", type=int, default=64)
+    combine.add_argument("--size", type=int, default=64, help="frame width (and height unless --height)")
+    combine.add_argument("--height", type=int, default=0, help="frame height; 0 = --size")
+    combine.add_argument("--grain", type=int, default=0, help="levels of fixed noise on every frame")
     args = parser.parse_args()
     print("| what | time | notes |\n|---|---|---|")
     run_first(args) if args.mode == "first" else run_combine(args)
