@@ -31,6 +31,7 @@ from ..infinitetalk_core.stream.validation import validate_stream_inputs
 from ..infinitetalk_core.errors import InputValidationError
 from .common import first_image_to_pil, require
 from .sampler_checks import check_sampler_settings, speaker_weights_warning, svi_weights_warning
+from .deferred_interrupt import DeferredInterrupt, FinishingVAE
 from .chapter_inputs import chapter_job_name, chapter_layout, chapter_plan, chapters_to_render, job_chapters
 from .frames import ChapterFrames, JobFrames
 from .host import get_host
@@ -156,50 +157,7 @@ def _feature_digests(feats) -> list[str]:
     return digests if len(digests) == len(feats.features) else [tensor_digest(f) for f in feats.features]
 
 
-class _DeferredInterrupt:
-    """ComfyUI raises its interrupt from inside progress updates (and VAE decodes with a progress bar).
-    Raised during a chunk's last step or its decode it would throw a finished chunk away, so it is held
-    here and raised at the next safe point: before a denoising step, or right after the chunk is saved."""
-
-    def __init__(self, host):
-        self.host, self.pending = host, None
-
-    def guard(self, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except BaseException as exc:
-            if not self.host.is_interrupt(exc):
-                raise
-            self.pending = exc
-
-    def raise_pending(self) -> None:
-        if self.pending is not None:
-            exc, self.pending = self.pending, None
-            raise exc
-
-
-class _FinishingVAE:
-    """The VAE for one run: a decode hit by an interrupt is repeated (the chunk is complete by then);
-    the interrupt is raised after the chunk is committed."""
-
-    def __init__(self, vae, deferred: _DeferredInterrupt):
-        self.vae, self.deferred = vae, deferred
-
-    def encode(self, pixels):
-        return self.vae.encode(pixels)
-
-    def decode(self, latents):
-        for _ in range(3):
-            try:
-                return self.vae.decode(latents)
-            except BaseException as exc:
-                if not self.deferred.host.is_interrupt(exc):
-                    raise
-                self.deferred.pending = exc
-        return self.vae.decode(latents)
-
-
-def _hooks(host, progress, steps: int, node_id, deferred: _DeferredInterrupt,
+def _hooks(host, progress, steps: int, node_id, deferred: DeferredInterrupt,
            committer: BackgroundCommitter) -> StreamHooks:
     """The generator's hooks; also makes ``committer`` report each chunk once it is on disk.
 
@@ -370,8 +328,8 @@ def run_stream(inputs: dict) -> tuple:
     host.send_progress({"stage": "preparing", "chunk": 0, "chunks": 0}, node_id)
     p = _prepare(inputs, host, node_id)
     plan, settings = p.plan, p.settings
-    deferred = _DeferredInterrupt(host)
-    vae, encoder = _FinishingVAE(WanNormalizedVAE(inputs["vae"]), deferred), ClipVisionEncoder(inputs["clip_vision"])
+    deferred = DeferredInterrupt(host)
+    vae, encoder = FinishingVAE(WanNormalizedVAE(inputs["vae"]), deferred), ClipVisionEncoder(inputs["clip_vision"])
     source = p.refs.open(p.size)
     try:
         jobs = [_run_chapter(host, inputs, p, chapter, vae, source, encoder, deferred) for chapter in p.parts]

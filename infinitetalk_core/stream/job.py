@@ -34,7 +34,8 @@ from safetensors.torch import save as save_safetensors
 from ..errors import GenerationError, InputValidationError, JobDamagedError
 from ..video.chunk_codec import CHUNK_SUFFIX, decode_chunk, encode_chunk
 from .frame_stats import frame_differences
-from .job_files import LOCK, MANIFEST, JobLock, disk_errors, has_symlinked_parts, is_job_entry, write_atomic
+from .job_folder_checks import clear_unused, refuse_foreign_folder
+from .job_files import LOCK, MANIFEST, JobLock, disk_errors, rmdir_quietly, write_atomic
 from .job_manifest import ChunkRecord, JobFingerprint, JobManifest, StateRecord, digest_json
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class JobDirectory:
     def open(cls, path: str | Path, fingerprint: JobFingerprint, layout: dict, lock: bool = True) -> "JobDirectory":
         """Open (resume) or create the job at ``path``; refuse a directory made for other inputs."""
         path = Path(path)
-        _refuse_foreign_folder(path)
+        refuse_foreign_folder(path)
         created = not path.exists()
         with disk_errors(f"creating the job folder '{path.name}'"):
             path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,7 @@ class JobDirectory:
             job = cls._load_or_create(path, fingerprint, layout)
         except BaseException:
             if created:
-                _clear_unused(path)
+                clear_unused(path)
             if job_lock is not None and (created or lock_is_new):
                 job_lock.release_and_remove()  # leave a refused folder as we found it
             elif job_lock is not None:
@@ -130,13 +131,13 @@ class JobDirectory:
         """Release the render lock; a job created by this open that never got a chunk is removed
         (while still locked, so no other render can be inside it)."""
         cleared = self._created and not self.manifest.chunks and not self.manifest.pending \
-            and _clear_unused(self.path)
+            and clear_unused(self.path)
         if self._lock is not None:
             self._lock.release_and_remove() if cleared else self._lock.release()
             self._lock = None
         elif cleared:  # opened without a lock (read-only use)
             (self.path / LOCK).unlink(missing_ok=True)
-            _rmdir(self.path)
+            rmdir_quietly(self.path)
 
     def __enter__(self) -> "JobDirectory":
         return self
@@ -434,54 +435,3 @@ class JobDirectory:
         layout = self.manifest.layout
         return write_mp4(out_path, self.iter_frame_batches(), self.output_frames, layout["width"],
                          layout["height"], audio=audio, fps=layout.get("fps", 25), crf=crf)
-
-
-def _refuse_foreign_folder(path: Path) -> None:
-    """A non-empty folder that is not a job of ours is never taken over (not even a lock file is added)."""
-    if not path.is_dir():
-        return
-    if has_symlinked_parts(path):
-        raise JobDamagedError(f"Job folder '{path.name}' (or its chunks/state folder) is a link to elsewhere.",
-                              "Replace the link by a real folder, or pick another job_name.")
-    if (path / MANIFEST).is_file():
-        with disk_errors(f"reading the job folder '{path.name}'"):
-            text = (path / MANIFEST).read_text(errors="replace")
-        JobManifest.from_json(text, f"The manifest of job folder '{path.name}'")  # ours, or JobDamagedError
-        return
-    with disk_errors(f"reading the folder '{path.name}'"):
-        extra = [p.name for p in path.iterdir() if not is_job_entry(p.name) or p.name == MANIFEST]
-        extra += [p.name for sub in ("chunks", "state", "live") if (path / sub).is_dir()
-                  for p in (path / sub).iterdir() if not p.name.startswith(".tmp-")]
-    if extra:
-        raise InputValidationError(f"'{path.name}' is not empty and holds no job manifest.",
-                                   "Pick another job_name, or empty that folder yourself.")
-
-
-_EMPTY_LIVE = ("live", "index.m3u8")  # the playlist of a job with no chunk lists nothing
-
-
-def _clear_unused(path: Path) -> bool:
-    """Remove the manifest and empty chunks/ and state/ of a job that never got a chunk (the lock and
-    the folder itself go with the lock); False, touching nothing, when anything else is in it."""
-    try:
-        subs_empty = all(not (path / sub).is_dir() or all(p.name.startswith(".tmp-") or (sub, p.name) == _EMPTY_LIVE
-                                                          for p in (path / sub).iterdir())
-                         for sub in ("chunks", "state", "live"))
-        if not subs_empty or not all(is_job_entry(p.name) for p in path.iterdir()):
-            return False
-        (path / MANIFEST).unlink(missing_ok=True)
-        for sub in ("chunks", "state", "live"):
-            if (path / sub).is_dir():
-                for tmp in [*(path / sub).glob(".tmp-*"), *(path / sub).glob("index.m3u8")]:
-                    tmp.unlink(missing_ok=True)
-                _rmdir(path / sub)
-        return True
-    except OSError:
-        return False
-
-
-def _rmdir(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty after all, or gone: leave it

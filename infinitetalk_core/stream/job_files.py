@@ -246,27 +246,29 @@ class JobLock:
         while still locked (a waiting opener re-checks the inode); Windows cannot delete an open file."""
         if os.name != "nt":
             self.path.unlink(missing_ok=True)
-            _rmdir_quietly(self.path.parent)
+            rmdir_quietly(self.path.parent)
         self.release()
         if os.name == "nt":
             try:
                 self.path.unlink(missing_ok=True)
             except OSError:
                 pass
-            _rmdir_quietly(self.path.parent)
+            rmdir_quietly(self.path.parent)
 
-
-def _rmdir_quietly(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty after all, or gone
 
     def __enter__(self) -> "JobLock":
         return self.acquire() if self._file is None else self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def rmdir_quietly(folder: Path) -> None:
+    """Remove an empty folder; leave it when it is not empty after all, or gone."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 _HELD = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, errno.EDEADLK}

@@ -217,3 +217,14 @@ def test_plain_job_names_are_kept():
 
     assert [safe_job_name(n) for n in ("interview_take2", " my job 1 ", "v1.2-final", "")] == [
         "interview_take2", "my job 1", "v1.2-final", ""]
+
+
+def test_the_job_lock_works_as_a_context_manager(tmp_path):
+    from infinitetalk_core.errors import JobLockedError
+    from infinitetalk_core.stream.job_files import JobLock
+
+    with JobLock(tmp_path) as held:
+        assert held._file is not None
+        with pytest.raises(JobLockedError):
+            JobLock(tmp_path).acquire()
+    JobLock(tmp_path).acquire().release()  # released on leaving the block
