@@ -9,6 +9,7 @@ Architecture of MeiGen-AI/InfiniteTalk ``wan/modules/multitalk_model.py`` (Audio
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
@@ -19,9 +20,6 @@ from .rope import apply_rope, cos_sin, rope_1d_angles
 # positions [0, 4], person 2 in [20, 24], background at 12, far from both.
 PERSON_RANGES = ((0.0, 4.0), (20.0, 24.0))
 BACKGROUND_POSITION = 12.0
-# Largest float32 score block of the x_ref_attn_map at once (256 MiB): the full [heads, L, S]
-# softmax would be ~21 GB per block for the 14B model at 480×832.
-MAP_CHUNK_ELEMENTS = 1 << 26
 
 
 def assemble_audio_windows(audio: torch.Tensor, vae_scale: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,32 +61,30 @@ class AudioProjModel(nn.Module):
         return self.norm(tokens)
 
 
-def x_ref_attn_map(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    token_masks: torch.Tensor,
-    frame_tokens: int,
-    chunk_elements: int = MAP_CHUNK_ELEMENTS,
-) -> torch.Tensor:
+def x_ref_attn_map(q: torch.Tensor, k: torch.Tensor, token_masks: torch.Tensor, frame_tokens: int) -> torch.Tensor:
     """How much each token attends to each mask region of the first latent frame (spec §1.7).
 
     q, k [L, H, D] post-RoPE self-attention q/k of one sample; token_masks [M, S] {0, 1} on the patch
     grid, S = ``frame_tokens``. Returns [M, L] float32: softmax(q·k_refᵀ/√D) summed over each mask's
     keys, divided by its area, averaged over the first 2·(H//2) heads (the reference's two head groups
-    of H//2; an odd last head is ignored). Computed in query chunks so the [heads, L, S] probability
-    tensor never exists at once; the softmax runs in float32.
+    of H//2; an odd last head is ignored).
+
+    softmax(q·kᵀ)·V with V = masks / area is exactly that sum, so the map is one fused attention call
+    (``F.scaled_dot_product_attention``, float32 accumulation inside the kernel, q's dtype out): the
+    [heads, L, S] probabilities never exist. V is zero-padded to the head size so the flash kernel
+    takes it on CUDA; only its first M columns are read back.
     """
-    heads = 2 * (q.shape[1] // 2)
-    q = q[:, :heads].transpose(0, 1) * q.shape[-1] ** -0.5  # [h, L, D]
-    ref_k = k[:frame_tokens, :heads].permute(1, 2, 0)  # [h, D, S]
-    masks = token_masks.float().t()  # [S, M]
-    area = masks.sum(0).clamp_min(1.0)  # an empty mask gives 0 instead of the reference's NaN
-    out = q.new_empty(token_masks.shape[0], q.shape[1], dtype=torch.float32)
-    rows = max(1, chunk_elements // (heads * frame_tokens))
-    for start in range(0, q.shape[1], rows):
-        probs = torch.softmax(q[:, start : start + rows] @ ref_k, dim=-1, dtype=torch.float32)
-        out[:, start : start + rows] = (probs @ masks).mean(0).t()
-    return out / area[:, None]
+    heads, head_dim = 2 * (q.shape[1] // 2), q.shape[-1]
+    masks = token_masks.to(torch.float32)
+    area = masks.sum(1, keepdim=True).clamp_min(1.0)  # an empty mask gives 0 instead of the reference's NaN
+    values = q.new_zeros(frame_tokens, max(head_dim, masks.shape[0]))
+    values[:, : masks.shape[0]] = (masks / area).t().to(q.dtype)
+    out = F.scaled_dot_product_attention(
+        q[None, :, :heads].transpose(1, 2),  # [1, h, L, D]
+        k[None, :frame_tokens, :heads].transpose(1, 2),  # [1, h, S, D]
+        values.expand(1, heads, *values.shape),  # [1, h, S, D]: no copy per head
+    )
+    return out[0, :, :, : masks.shape[0]].float().mean(0).t()
 
 
 def routing_positions(attn_map: torch.Tensor) -> torch.Tensor:

@@ -102,18 +102,40 @@ def test_routing_map_is_computed_only_for_two_speakers(monkeypatch):
     assert len(calls) == CONFIG.num_layers  # one sample routed, once per block
 
 
-def test_chunked_map_equals_dense_reference_maths():
+def _dense_map(q, k, masks, frame_tokens):
+    """The reference's maths: two head groups of full probabilities, summed per mask, averaged."""
+    probs = torch.softmax(q[:, :4].transpose(0, 1) @ k[:frame_tokens, :4].permute(1, 2, 0) / 8**0.5, -1)
+    groups = [(probs[h : h + 2, :, None] * masks[None, None]).sum(-1).mean(0) for h in (0, 2)]
+    return (sum(groups) / 2 / masks.sum(-1)).t()
+
+
+def test_fused_map_equals_dense_reference_maths():
     g = torch.Generator().manual_seed(3)
-    q, k = (
-        torch.randn(30, 5, 8, generator=g),
-        torch.randn(30, 5, 8, generator=g),
-    )  # 5 heads: the last is ignored
+    q, k = torch.randn(30, 5, 8, generator=g), torch.randn(30, 5, 8, generator=g)  # 5 heads: last ignored
     masks = (torch.rand(3, 6, generator=g) > 0.5).float()
-    probs = torch.softmax(q[:, :4].transpose(0, 1) @ k[:6, :4].permute(1, 2, 0) / 8**0.5, -1)  # [4, 30, 6]
-    groups = [(probs[h : h + 2, :, None] * masks[None, None]).sum(-1).mean(0) for h in (0, 2)]  # [30, 3] each
-    dense = (sum(groups) / 2 / masks.sum(-1)).t()
-    for chunk in (1, 7 * 4 * 6, 1 << 20):
-        torch.testing.assert_close(x_ref_attn_map(q, k, masks, 6, chunk_elements=chunk), dense)
+    masks[:, 0] = 1.0  # no empty mask (the reference divides by zero there)
+    dense = _dense_map(q, k, masks, 6)
+    torch.testing.assert_close(x_ref_attn_map(q, k, masks, 6), dense)
+    bf16 = x_ref_attn_map(q.bfloat16(), k.bfloat16(), masks, 6)
+    assert bf16.dtype == torch.float32 and (bf16 - dense).abs().max() < 0.02
+
+
+def test_fused_map_never_builds_the_probabilities():
+    """One attention kernel: no tensor of heads·L·S elements (the [h, L, S] scores) is ever made."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    sizes = []
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes.extend(t.numel() for t in torch.utils._pytree.tree_leaves(out) if torch.is_tensor(t))
+            return out
+
+    q, k, masks = torch.randn(60, 4, 8), torch.randn(60, 4, 8), torch.ones(3, 12)
+    with Sizes():
+        x_ref_attn_map(q, k, masks, 12)
+    assert sizes and max(sizes) < 4 * 60 * 12
 
 
 def test_audio_windows_are_contiguous_runs():
