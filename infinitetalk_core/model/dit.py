@@ -39,7 +39,10 @@ from ..errors import InputValidationError
 from .attention import resolve_backend
 from .audio_modules import AudioProjModel
 from .blocks import CLIP_TOKENS, DiTBlock, Head
+from .condition_cache import ConditionCache
 from .config import DiTConfig
+from .dit_inputs import (audio_items, broadcast, check_audio_items, check_clip, check_latent, check_y, context_items,
+                         token_gate)
 from .rope import rope_tables
 
 log = logging.getLogger(__name__)
@@ -126,57 +129,44 @@ class InfiniteTalkDiT(nn.Module):
         The MLPs run in float32 when their weights are float32 (the reference's fp32 island), else in the
         activation dtype ``dtype`` (bf16 weights cannot take fp32 input through plain torch.nn).
         """
-        t = _broadcast(torch.as_tensor(t).flatten(), batch, "t")
+        t = broadcast(torch.as_tensor(t).flatten(), batch, "t")
         if self.time_embedding[0].weight.dtype == torch.float32:
             dtype = torch.float32
         e = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).to(dtype)).float()
         e0 = self.time_projection(e.to(dtype)).float().unflatten(1, (6, self.config.dim))
         return e, e0
 
-    def embed_text(self, context, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
-        """[Lt_i, text_dim] list or [B, Lt, text_dim] -> [B, text_len, dim], zero-padded before the MLP."""
-        items = list(context) if not torch.is_tensor(context) else list(context.unbind(0))
-        if len(items) == 1 and batch > 1:
-            items = items * batch
-        if len(items) != batch:
-            raise InputValidationError(
-                f"context has {len(items)} prompts for a batch of {batch}.",
-                "Pass one text-encoder output per batch entry.",
-            )
-        text_len = self.config.text_len
-        for c in items:
-            if c.ndim != 2 or c.shape[0] > text_len or c.shape[1] != self.config.text_dim:
-                raise InputValidationError(
-                    f"context entry has shape {list(c.shape)}; "
-                    f"expected [tokens ≤ {text_len}, {self.config.text_dim}].",
-                    "Pass the unpadded umT5 output of each prompt (the model pads to 512 itself).",
-                )
-        padded = torch.stack(
-            [F.pad(c.to(device=device, dtype=dtype), (0, 0, 0, text_len - c.shape[0])) for c in items]
-        )
-        return self.text_embedding(padded)
+    def embed_text(self, context, batch: int, dtype: torch.dtype, device,
+                   cache: ConditionCache | None = None) -> torch.Tensor:
+        """[Lt_i, text_dim] list or [B, Lt, text_dim] -> [B, text_len, dim], zero-padded before the MLP.
+        With ``cache``, each distinct prompt tensor is embedded once (see ``ConditionCache``)."""
+        items = context_items(context, batch, self.config.text_len, self.config.text_dim)
+        pad = lambda c: F.pad(c.to(device=device, dtype=dtype), (0, 0, 0, self.config.text_len - c.shape[0]))  # noqa: E731
+        if cache is None:
+            return self.text_embedding(torch.stack([pad(c) for c in items]))
+        return torch.cat([cache.get("text", c, lambda c=c: self.text_embedding(pad(c)[None])) for c in items])
+
+    def embed_image(self, clip_fea: torch.Tensor, batch: int, dtype: torch.dtype, device,
+                    cache: ConditionCache | None = None) -> torch.Tensor:
+        """CLIP tokens [B or 1, 257, clip_dim] -> [B, 257, dim] (embedded once per tensor with ``cache``)."""
+        project = lambda c: self.img_emb(c.to(device=device, dtype=dtype))  # noqa: E731
+        if cache is None:
+            return project(broadcast(clip_fea, batch, "clip_fea"))
+        return broadcast(cache.get("image", clip_fea, lambda: project(clip_fea)), batch, "clip_fea")
 
     def embed_audio(
-        self, audio, batch: int, frames: int, dtype: torch.dtype, device
+        self, audio, batch: int, frames: int, dtype: torch.dtype, device, cache: ConditionCache | None = None
     ) -> tuple[list, list[int], torch.Tensor]:
         """-> (per-sample tokens [T, P_i·context_tokens, output_dim], persons per sample, audio_proj output
-        [ΣP_i, T, context_tokens, output_dim])."""
-        cfg = self.config.audio
-        items = _audio_items(audio, batch)
-        expected_f = 1 + cfg.vae_scale * (frames - 1)
-        for a in items:
-            ok = (
-                a.ndim == 5 and a.shape[0] in (1, 2) and a.shape[1] == expected_f and a.shape[2] == cfg.window
-            )
-            if not ok or a.shape[3] * a.shape[4] != cfg.feature_dim:
-                raise InputValidationError(
-                    f"audio entry has shape {list(a.shape)}; "
-                    f"expected [1 or 2 speakers, {expected_f}, {cfg.window}, "
-                    f"layers, channels] with layers·channels = {cfg.feature_dim}.",
-                    f"Give {expected_f} video frames of audio windows for {frames} latent frames.",
-                )
+        [ΣP_i, T, context_tokens, output_dim]). With ``cache``, each distinct audio tensor is projected once."""
+        items = audio_items(audio, batch)
+        check_audio_items(items, self.config.audio, 1 + self.config.audio.vae_scale * (frames - 1))
         persons = [a.shape[0] for a in items]
-        tokens = self.audio_proj(torch.cat([a.to(device=device, dtype=dtype) for a in items]))
+        project = lambda a: self.audio_proj(a.to(device=device, dtype=dtype))  # noqa: E731
+        if cache is None:
+            tokens = project(torch.cat(items))
+        else:
+            tokens = torch.cat([cache.get("audio", a, lambda a=a: project(a)) for a in items])
         per_sample = [p.transpose(0, 1).flatten(1, 2) for p in tokens.split(persons)]  # persons along tokens
         return per_sample, persons, tokens
 
@@ -191,7 +181,7 @@ class InfiniteTalkDiT(nn.Module):
                 "Pass the speakers' masks, or one speaker's audio.",
             )
         masks = masks if masks.ndim == 4 else masks[None]
-        masks = _broadcast(masks, len(persons), "ref_target_masks")
+        masks = broadcast(masks, len(persons), "ref_target_masks")
         token_masks = F.interpolate(
             masks[routed].to(device=device, dtype=torch.float32), size=grid[1:], mode="nearest"
         )
@@ -216,6 +206,7 @@ class InfiniteTalkDiT(nn.Module):
         compute_dtype: torch.dtype | None = None,
         debug: dict | None = None,
         block_cache: BlockCacheCall | None = None,
+        condition_cache: ConditionCache | None = None,
     ) -> torch.Tensor:
         """x [B, 16, T, h, w] -> velocity [B, 16, T, h, w] float32. See the module docstring for the inputs.
 
@@ -227,25 +218,18 @@ class InfiniteTalkDiT(nn.Module):
         ``audio_gate`` [T, h/2, w/2] or [L] (one value per patch token, 0..1): multiplies every block's
         audio cross-attention output per token, so tokens at 0 receive no audio at all (dubbing one
         person among several).
+        ``condition_cache``: one chunk's ``ConditionCache``; the text, CLIP and audio embeddings of
+        tensors it has seen are reused instead of recomputed (every step of a chunk passes the same ones).
         """
         cfg, batch, device = self.config, x.shape[0], x.device
         dtype = self._compute_dtype(x, compute_dtype)
         backend = resolve_backend(attention_backend or self.attention_backend, device, dtype,
                                   self.attention_preference)
         if y is not None:
-            if y.ndim != 5 or y.shape[2:] != x.shape[2:]:
-                raise InputValidationError(
-                    f"y has shape {list(y.shape)} but x has {list(x.shape)}.",
-                    "Build y [1, 20, T, h, w] for the same latent frames and size as x.",
-                )
-            x = torch.cat([x, _broadcast(y, batch, "y").to(x)], dim=1)
-        grid = _check_latent(x, cfg)
-        if clip_fea is None or clip_fea.ndim != 3 or tuple(clip_fea.shape[1:]) != (CLIP_TOKENS, cfg.clip_dim):
-            got = "missing" if clip_fea is None else f"of shape {list(clip_fea.shape)}"
-            raise InputValidationError(
-                f"clip_fea is {got}; expected [B or 1, {CLIP_TOKENS}, {cfg.clip_dim}].",
-                "Pass the CLIP vision tokens (penultimate block, all 257) of the reference frame.",
-            )
+            check_y(y, x)
+            x = torch.cat([x, broadcast(y, batch, "y").to(x)], dim=1)
+        grid = check_latent(x, cfg)
+        check_clip(clip_fea, CLIP_TOKENS, cfg.clip_dim)
         tokens = self.patch_embedding(x.to(dtype)).flatten(2).transpose(1, 2)  # frame-row-column order
         e, e0 = self.embed_time(
             t.to(device) if torch.is_tensor(t) else torch.tensor(t, device=device), batch, dtype
@@ -254,12 +238,14 @@ class InfiniteTalkDiT(nn.Module):
             tokens = tokens + block_cache.reuse.to(tokens)
             return self.unpatchify(self.head(tokens, e), grid).float()
         block_input = tokens
-        text = self.embed_text(context, batch, dtype, device)
-        image = self.img_emb(_broadcast(clip_fea, batch, "clip_fea").to(device=device, dtype=dtype))
+        text = self.embed_text(context, batch, dtype, device, condition_cache)
+        image = self.embed_image(clip_fea, batch, dtype, device, condition_cache)
         ctx = torch.cat([image, text], dim=1).to(dtype)
-        audio_kw, audio_tokens = self._audio_inputs(audio, ref_target_masks, batch, grid, dtype, device)
+        audio_kw, audio_tokens = self._audio_inputs(
+            audio, ref_target_masks, batch, grid, dtype, device, condition_cache
+        )
         if audio_kw is not None and audio_gate is not None:
-            audio_kw["gate"] = _token_gate(audio_gate, grid, dtype, device)
+            audio_kw["gate"] = token_gate(audio_gate, grid, dtype, device)
         rope = self.rope_tables(grid, device, dtype)
         if debug is not None:
             debug.update(
@@ -293,7 +279,7 @@ class InfiniteTalkDiT(nn.Module):
         e, e0 = self.embed_time(torch.as_tensor(t, device=x.device).flatten()[:1], 1, dtype)
         return e0 if use_e0 else e
 
-    def _audio_inputs(self, audio, masks, batch, grid, dtype, device):
+    def _audio_inputs(self, audio, masks, batch, grid, dtype, device, cache=None):
         if self.config.audio is None:
             if audio is not None:
                 raise InputValidationError(
@@ -306,7 +292,7 @@ class InfiniteTalkDiT(nn.Module):
                 "audio is missing for an InfiniteTalk model.",
                 "For the null-audio guidance pass give zeros [1, F, 5, layers, channels].",
             )
-        per_sample, persons, tokens = self.embed_audio(audio, batch, grid[0], dtype, device)
+        per_sample, persons, tokens = self.embed_audio(audio, batch, grid[0], dtype, device, cache)
         return {
             "tokens": per_sample,
             "grid": grid,
@@ -319,64 +305,6 @@ class InfiniteTalkDiT(nn.Module):
         x = x.view(x.shape[0], *grid, pt, ph, pw, c)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # B C T pt H ph W pw
         return x.reshape(x.shape[0], c, *(n * p for n, p in zip(grid, (pt, ph, pw))))
-
-
-def _token_gate(gate: torch.Tensor, grid: tuple[int, int, int], dtype, device) -> torch.Tensor:
-    """[T, h/2, w/2] or [L] -> [1, L, 1] in the activation dtype (patch tokens in frame-row-column order)."""
-    tokens = grid[0] * grid[1] * grid[2]
-    if gate.numel() != tokens:
-        raise InputValidationError(
-            f"audio_gate has {gate.numel()} values ({list(gate.shape)}); the latent has {tokens} patch tokens "
-            f"({grid[0]} x {grid[1]} x {grid[2]}).",
-            "Give one gate value per patch token: [latent frames, h/2, w/2].",
-        )
-    return gate.reshape(1, tokens, 1).to(device=device, dtype=dtype)
-
-
-def _broadcast(value: torch.Tensor, batch: int, name: str) -> torch.Tensor:
-    if value.shape[0] == batch:
-        return value
-    if value.shape[0] == 1:
-        return value.expand(batch, *value.shape[1:])
-    raise InputValidationError(
-        f"{name} has batch size {value.shape[0]}, the latents have {batch}.",
-        f"Give {name} with batch size 1 (shared) or {batch}.",
-    )
-
-
-def _audio_items(audio, batch: int) -> list[torch.Tensor]:
-    if torch.is_tensor(audio):
-        if audio.ndim == 5 and batch == 1:
-            return [audio]
-        if audio.ndim == 6:
-            audio = list(audio.unbind(0))
-        else:
-            raise InputValidationError(
-                f"audio tensor has shape {list(audio.shape)} for a batch of {batch}.",
-                "Pass [B, P, F, 5, L, C], or a list of B tensors [P_i, F, 5, L, C].",
-            )
-    items = list(audio)
-    if len(items) != batch:
-        raise InputValidationError(
-            f"audio has {len(items)} entries for a batch of {batch}.",
-            "Pass one audio tensor [P_i, F, 5, L, C] per batch entry.",
-        )
-    return items
-
-
-def _check_latent(x: torch.Tensor, cfg: DiTConfig) -> tuple[int, int, int]:
-    """Validate [B, in_dim, T, h, w] and return the patch grid (T/pt, h/ph, w/pw)."""
-    if x.ndim != 5 or x.shape[1] != cfg.in_dim:
-        raise InputValidationError(
-            f"latent input has shape {list(x.shape)} after adding y; expected [B, {cfg.in_dim}, T, h, w].",
-            "Pass x [B, 16, T, h, w] and y [B, 20, T, h, w].",
-        )
-    if any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
-        raise InputValidationError(
-            f"latent size {list(x.shape[2:])} is not divisible by the patch size {list(cfg.patch_size)}.",
-            "Use a resolution divisible by 16 pixels.",
-        )
-    return tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))  # type: ignore[return-value]
 
 
 __all__ = ["BlockCacheCall", "InfiniteTalkDiT", "ImageProjection", "sinusoidal_embedding"]

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..errors import InputValidationError
+from ..model.condition_cache import ConditionCache
 from ..model.dit import BlockCacheCall
 from ..sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND
 from ..sampling.teacache import TeaCache
@@ -33,8 +34,12 @@ class PassBatching:
 
 
 def _forward_fn(model, y, clip, audio, positive, negative, masks, audio_gate=None):
-    """forward(x, t, names, block_cache) -> [len(names), 16, T, h, w] for the named passes."""
+    """forward(x, t, names, block_cache) -> [len(names), 16, T, h, w] for the named passes.
+
+    One ``ConditionCache`` serves every call: the prompt, CLIP and audio embeddings are computed once
+    per chunk (the inputs below are the same tensors at every step)."""
     null_audio = torch.zeros_like(audio[:1])
+    conditions = ConditionCache()
 
     def inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         use_prompt, use_audio = PASS_INPUTS[name]
@@ -42,7 +47,9 @@ def _forward_fn(model, y, clip, audio, positive, negative, masks, audio_gate=Non
 
     def forward(x, t, names, block_cache=None):
         contexts, audios = zip(*(inputs(n) for n in names))
-        extra = {} if block_cache is None else {"block_cache": block_cache}
+        extra = {"condition_cache": conditions}
+        if block_cache is not None:
+            extra["block_cache"] = block_cache
         if audio_gate is not None:
             extra["audio_gate"] = audio_gate
         return model(x.unsqueeze(0).expand(len(names), *x.shape), t.expand(len(names)), list(contexts),
