@@ -94,6 +94,21 @@ def ours(config, inputs_fn, height: int, width: int, frames: int) -> tuple[float
     return count_block_bytes(model.blocks[0], lambda: model(*(inp[n] for n in names)), tokens, cfg.dim)
 
 
+def ours_with_host_rope(config, inputs_fn, height: int, width: int, frames: int):
+    """Our block as it runs inside ComfyUI: RoPE through comfy-kitchen's fused kernel (a reason if absent)."""
+    try:
+        import comfy_kitchen
+    except Exception as exc:  # outside ComfyUI's environment
+        return f"comfy-kitchen not importable ({type(exc).__name__}); run with ComfyUI's python"
+    from infinitetalk_core.model.rope import set_fused_rope
+
+    set_fused_rope(comfy_kitchen.apply_rope1, devices=("meta",))
+    try:
+        return ours(config, inputs_fn, height, width, frames)
+    finally:
+        set_fused_rope(None)
+
+
 def native(config, height: int, width: int, frames: int) -> tuple[float, dict[str, float]] | str:
     """ComfyUI's native Wan2.1 I2V block under the same counter (needs COMFYUI_DIR); a reason otherwise."""
     root = os.environ.get("COMFYUI_DIR")
@@ -125,4 +140,4 @@ def native(config, height: int, width: int, frames: int) -> tuple[float, dict[st
     return count_block_bytes(model.blocks[0], run, tokens, c.dim)
 
 
-__all__ = ["NonMatmulBytes", "count_block_bytes", "native", "ours"]
+__all__ = ["NonMatmulBytes", "count_block_bytes", "native", "ours", "ours_with_host_rope"]

@@ -19,7 +19,7 @@ from . import audio_modules
 from .attention import attention
 from .audio_modules import AudioCrossAttention
 from .config import DiTConfig
-from .rope import rotate_pairs
+from .rope import RopeTables
 
 CLIP_TOKENS = 257  # CLS + 16×16 patches of ViT-H/14 at 224 px: the first 257 context tokens are image tokens
 
@@ -66,7 +66,7 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        rope: RopeTables,
         backend: str,
         routing: dict | None = None,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -75,8 +75,8 @@ class SelfAttention(nn.Module):
         ``routing`` = {"masks": {sample: token masks [3, S]}, "frame_tokens": S} or None.
         """
         heads = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731
-        q = rotate_pairs(heads(self.norm_q(self.q(x))), *rope)
-        k = rotate_pairs(heads(self.norm_k(self.k(x))), *rope)
+        q = rope.rotate(heads(self.norm_q(self.q(x))))
+        k = rope.rotate(heads(self.norm_k(self.k(x))))
         out = self.o(attention(q, k, heads(self.v(x)), backend).flatten(2))
         maps = {}
         for i, masks in (routing or {}).get("masks", {}).items():  # only two-speaker samples

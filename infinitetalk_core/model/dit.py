@@ -43,7 +43,7 @@ from .condition_cache import ConditionCache
 from .config import DiTConfig
 from .dit_inputs import (audio_items, broadcast, check_audio_items, check_clip, check_latent, check_y, context_items,
                          token_gate)
-from .rope import rope_tables
+from .rope import RopeTables, rope_tables
 
 log = logging.getLogger(__name__)
 _COMPUTE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -263,7 +263,7 @@ class InfiniteTalkDiT(nn.Module):
             block_cache.residual = tokens - block_input
         return self.unpatchify(self.head(tokens, e), grid).float()
 
-    def rope_tables(self, grid: tuple[int, int, int], device, dtype: torch.dtype) -> tuple:
+    def rope_tables(self, grid: tuple[int, int, int], device, dtype: torch.dtype) -> RopeTables:
         """The 3-D RoPE tables of ``grid`` on ``device`` in ``dtype``, built once and kept (every step of
         every chunk has the same grid), so no forward recomputes angles on the CPU or copies them."""
         cache = self.__dict__.setdefault("_rope_cache", {})

@@ -5,9 +5,17 @@ complex float64 tensors. Here the angles are computed in float64 once; the video
 (``rotate_pairs``) runs in the activation dtype on real pairs with precomputed cos/sin tables (two fused
 multiply-adds per half, written straight into the output: no float32 copy, no stack), which agrees with
 the reference to ~1e-6 in float32. The small audio-routing rotation (``apply_rope``) stays in float32.
+
+Eager PyTorch cannot rotate in one pass (4 elementwise ops: ~20 bytes per token·dim per block for q and
+k). A host with a fused kernel registers it with ``set_fused_rope``: ComfyUI ships comfy-kitchen's
+``apply_rope1`` (one read and one write of q or k, float32 maths inside), which takes the rotation
+matrices ``[[cos, −sin], [sin, cos]]`` per pair ([1, L, 1, D/2, 2, 2] float32, ``RopeTables.matrices``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -45,16 +53,57 @@ def cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos().float(), angles.sin().float()
 
 
-def rope_tables(grid: tuple[int, int, int], split: tuple[int, int, int], device, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cos, sin, −sin) of the 3-D RoPE for ``grid``, each [1, L, 1, D/2] in ``dtype`` on ``device``."""
+@dataclass(frozen=True)
+class FusedRope:
+    """A host's one-kernel rotation ``kernel(x [B, L, H, D], matrices) -> x's dtype`` for ``devices``."""
+
+    kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    devices: tuple[str, ...] = ("cuda",)
+
+
+_fused: list[FusedRope] = []  # at most one: the registered host kernel
+
+
+def set_fused_rope(kernel: Callable | None, devices: tuple[str, ...] = ("cuda",)) -> None:
+    """Rotate with ``kernel`` on ``devices`` (device types) from the next table built; None: eager again."""
+    _fused.clear()
+    if kernel is not None:
+        _fused.append(FusedRope(kernel, tuple(devices)))
+
+
+@dataclass(frozen=True)
+class RopeTables:
+    """One grid's 3-D RoPE: (cos, sin, −sin) [1, L, 1, D/2] in the activation dtype for ``rotate_pairs``,
+    or the [1, L, 1, D/2, 2, 2] float32 rotation ``matrices`` of a host's fused kernel."""
+
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    neg_sin: torch.Tensor | None = None
+    matrices: torch.Tensor | None = None
+    fused: FusedRope | None = None
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, L, H, D] with its adjacent pairs rotated -> a new tensor in x's dtype."""
+        if self.fused is not None:
+            return self.fused.kernel(x, self.matrices)
+        return rotate_pairs(x, self.cos, self.sin, self.neg_sin)
+
+
+def rope_tables(grid: tuple[int, int, int], split: tuple[int, int, int], device, dtype: torch.dtype) -> RopeTables:
+    """The 3-D RoPE tables of ``grid`` on ``device``: for the host's fused kernel when it serves that
+    device type, else (cos, sin, −sin) in ``dtype`` for the eager rotation."""
     angles = rope_3d_angles(grid, split)
     cos, sin = angles.cos(), angles.sin()
-    return tuple(v.to(device=device, dtype=dtype)[None, :, None] for v in (cos, sin, -sin))
+    fused = next((f for f in _fused if torch.device(device).type in f.devices), None)
+    if fused is not None:
+        rows = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [L, D/2, 2, 2]
+        return RopeTables(matrices=rows.to(device=device, dtype=torch.float32)[None, :, None], fused=fused)
+    cos, sin, neg_sin = (v.to(device=device, dtype=dtype)[None, :, None] for v in (cos, sin, -sin))
+    return RopeTables(cos, sin, neg_sin)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neg_sin: torch.Tensor) -> torch.Tensor:
-    """x [B, L, H, D] with adjacent pairs rotated by the tables of ``rope_tables`` -> new tensor, x's dtype."""
+    """x [B, L, H, D] with adjacent pairs rotated by (cos, sin, −sin) of ``RopeTables`` -> new tensor, x's dtype."""
     pairs = x.unflatten(-1, (-1, 2))
     real, imag = pairs[..., 0], pairs[..., 1]
     if torch.compiler.is_compiling():  # inductor fuses this into one kernel; out= on a strided view would break the graph

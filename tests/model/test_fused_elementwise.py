@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from infinitetalk_core.model import dit as dit_module
 from infinitetalk_core.model.config import DiTConfig, detect_dit_config
 from infinitetalk_core.model.dit import InfiniteTalkDiT
-from infinitetalk_core.model.rope import apply_rope, cos_sin, rope_3d_angles, rope_tables, rotate_pairs
+from infinitetalk_core.model.rope import apply_rope, cos_sin, rope_3d_angles, rope_tables, set_fused_rope
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,11 +41,52 @@ def test_rotate_pairs_equals_the_float32_rotation():
     grid, split = (3, 4, 6), (6, 5, 5)
     x = torch.randn(2, 72, 3, 32)
     expected = apply_rope(x, *(v[None, :, None] for v in cos_sin(rope_3d_angles(grid, split))))
-    torch.testing.assert_close(rotate_pairs(x, *rope_tables(grid, split, "cpu", torch.float32)), expected,
+    torch.testing.assert_close(rope_tables(grid, split, "cpu", torch.float32).rotate(x), expected,
                                atol=1e-6, rtol=1e-6)
-    half = rotate_pairs(x.bfloat16(), *rope_tables(grid, split, "cpu", torch.bfloat16))
+    half = rope_tables(grid, split, "cpu", torch.bfloat16).rotate(x.bfloat16())
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), expected, atol=3e-2, rtol=3e-2)
+
+
+def _matrix_rotation(x, matrices):
+    """What a fused kernel computes from the rotation matrices (the flux form), in float32."""
+    pairs = x.float().unflatten(-1, (-1, 1, 2))
+    return (matrices[..., 0] * pairs[..., 0] + matrices[..., 1] * pairs[..., 1]).flatten(-2).to(x.dtype)
+
+
+@pytest.fixture
+def fused_rope():
+    calls = []
+    yield lambda kernel, devices: set_fused_rope(lambda x, m: calls.append(x.shape) or kernel(x, m), devices), calls
+    set_fused_rope(None)
+
+
+def test_a_host_kernel_rotates_on_its_devices_only(fused_rope):
+    install, calls = fused_rope
+    grid, split = (3, 4, 6), (6, 5, 5)
+    x = torch.randn(2, 72, 3, 32)
+    expected = apply_rope(x, *(v[None, :, None] for v in cos_sin(rope_3d_angles(grid, split))))
+    install(_matrix_rotation, ("cuda",))
+    rope_tables(grid, split, "cpu", torch.float32).rotate(x)
+    assert calls == []  # not registered for the CPU: the eager rotation
+    install(_matrix_rotation, ("cpu",))
+    tables = rope_tables(grid, split, "cpu", torch.bfloat16)
+    assert tables.matrices.shape == (1, 72, 1, 16, 2, 2) and tables.matrices.dtype == torch.float32
+    torch.testing.assert_close(tables.rotate(x), expected, atol=1e-6, rtol=1e-6)
+    assert calls == [x.shape]
+
+
+def test_comfy_kitchen_rotation_equals_ours(fused_rope):
+    """ComfyUI's comfy-kitchen kernel (its CPU fallback here) with our matrices: the same rotation."""
+    ck = pytest.importorskip("comfy_kitchen")
+    install, calls = fused_rope
+    grid, split = (3, 4, 6), (6, 5, 5)
+    x = torch.randn(2, 72, 3, 32)
+    eager = rope_tables(grid, split, "cpu", torch.float32).rotate(x)
+    install(ck.apply_rope1, ("cpu",))
+    torch.testing.assert_close(rope_tables(grid, split, "cpu", torch.float32).rotate(x), eager,
+                               atol=1e-6, rtol=1e-6)
+    assert calls
 
 
 @pytest.fixture(scope="module")
