@@ -9,8 +9,8 @@ Modes (python3 bench/stream.py MODE --help):
         44.1 kHz stereo WAV) and checks its decoded frame count and audio duration.
   passes  one chunk with the guidance passes batched into one DiT forward vs one forward per pass
         (median DiT seconds of --repeats runs each, tiny model on CPU).
-  gpu   full-size random-weight InfiniteTalk DiT (480x832x81, bf16) on CUDA: one chunk at 40 steps x 3
-        passes and at 4 steps x 1 pass, DiT time vs the compute limit of streaming_perf.md §3
+  gpu   full-size random-weight InfiniteTalk DiT (480x832x81, bf16) on CUDA: one chunk per --recipes entry
+        (default 40 steps x 3 passes and 4 x 1; passes 1 or 3), DiT time vs the compute limit of streaming_perf.md §3
         (1.825 PFLOP per forward; H100 989 TFLOP/s dense bf16 -> 221 s and 7.4 s per chunk).
         The VAE is the stand-in (its time is not the real VAE's). Needs ~40 GB of GPU memory.
   post  peak host RAM transient of one chunk's post-processing (decoded, colour-corrected float pixels
@@ -311,7 +311,8 @@ def run_gpu(args) -> dict:
             return torch.randn(1, 257, 1280, device=frame.device) * 0.1
 
     out = {"mode": "gpu", "device": torch.cuda.get_device_name(), "recipes": []}
-    for steps, text_scale, audio_scale, passes in ((40, 5.0, 4.0, 3), (4, 1.0, 1.0, 1)):
+    for steps, passes in args.recipes:
+        text_scale, audio_scale = (5.0, 4.0) if passes == 3 else (1.0, 1.0)  # 3 passes: text + audio CFG
         settings = StreamSettings(
             steps=steps, guidance=GuidanceConfig(text_scale, audio_scale), seed=0, color_method="lab"
         )
@@ -337,6 +338,7 @@ def run_gpu(args) -> dict:
                 "steps": steps,
                 "passes": passes,
                 "dit_s": round(dit, 2),
+                "dit_s_per_forward": round(dit / (steps * passes), 3),  # x 120 for the 40 x 3 default
                 "vae_s": round(result.timings["vae"], 2),
                 "colour_s": round(result.timings["colour"], 2),
                 "limit_s_at_989TF": round(limit, 1),
@@ -397,6 +399,17 @@ def run_post(args) -> dict:
                     "path's host side is the uint8 frames and the context tail only"}
 
 
+def _recipes(text: str) -> list[tuple[int, int]]:
+    """"40x3,4x1" -> [(40, 3), (4, 1)] (steps x guidance passes; passes 1 or 3)."""
+    recipes = []
+    for item in text.split(","):
+        steps, _, passes = item.strip().partition("x")
+        if not (steps.isdigit() and passes in ("1", "3") and int(steps) > 0):
+            raise argparse.ArgumentTypeError(f"{item!r}: use STEPSxPASSES with passes 1 or 3, e.g. 4x1")
+        recipes.append((int(steps), int(passes)))
+    return recipes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -420,6 +433,8 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true", help="cpu mode: one line per chunk")
     parser.add_argument("--height", type=int, default=480, help="post mode: frame height")
     parser.add_argument("--width", type=int, default=832, help="post mode: frame width")
+    parser.add_argument("--recipes", type=_recipes, default=[(40, 3), (4, 1)],
+                        help="gpu mode: STEPSxPASSES,... (passes 1 or 3), e.g. 8x3,4x1")
     parser.add_argument("--variant", choices=("before", "before_cpu", "after"), default=None,
                         help="post mode: run one variant in this process")
     args = parser.parse_args()
