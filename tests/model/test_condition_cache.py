@@ -70,3 +70,25 @@ def test_cache_recomputes_for_other_or_changed_tensors():
     cache.get("text", a, build)
     cache.get("image", a, build)
     assert len(built) == 4 and cache.computed == {"text": 3, "image": 1}
+
+
+def test_inference_tensors_are_cached_by_identity():
+    """ComfyUI makes its tensors under inference_mode: they have no version counter."""
+    cache, built = ConditionCache(), []
+    with torch.inference_mode():
+        a = torch.ones(3)
+    for _ in range(2):
+        cache.get("audio", a, lambda: built.append(1) or a * 2)
+    assert len(built) == 1
+
+
+def test_embeddings_run_once_per_chunk_with_inference_inputs():
+    model, inp = dit_case.tiny_model(), dit_case.inputs()
+    counts = _count_calls(model)
+    with torch.inference_mode():
+        inp = {k: v.clone() if torch.is_tensor(v) else [t.clone() for t in v] for k, v in inp.items()}
+        model_fn = make_model_fn(model, inp["y"][0], inp["clip_fea"], inp["one"], inp["text"][0],
+                                 inp["text"][1], inp["masks"], True)
+        for step in range(STEPS):
+            model_fn(inp["x"][0], torch.tensor([900.0 - 100 * step]), PASSES)
+    assert {k: v[0] for k, v in counts.items()} == {"text_embedding": 2, "img_emb": 1, "audio_proj": 2}
