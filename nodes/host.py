@@ -149,6 +149,10 @@ class TorchHost:
         """True when fp8-kept weights should multiply in fp8 (``torch._scaled_mm``) where the GPU can."""
         return False
 
+    def fused_rope(self) -> Any:
+        """The host's one-kernel RoPE (``kernel(x, rotation matrices)``, see ``model.rope``), or None."""
+        return None
+
     def is_interrupt(self, exc: BaseException) -> bool:
         return isinstance(exc, KeyboardInterrupt)
 
@@ -201,9 +205,14 @@ class ComfyHost(TorchHost):
         """``comfy.ops`` layers: weights stay in their storage dtype and are cast at use.
 
         manual_cast works for every storage dtype (fp8 included) and lets the patcher stream layers
-        to the GPU (every weighted layer must be a comfy.ops layer for partial offload).
+        to the GPU (every weighted layer must be a comfy.ops layer for partial offload). Layers that keep
+        scaled fp8 weights get theirs through ``comfy.ops.cast_bias_weight`` too (``install_fp8_cast``).
         """
-        return importlib.import_module("comfy.ops").manual_cast
+        from .comfy_fp8_cast import install_fp8_cast
+
+        ops = importlib.import_module("comfy.ops")
+        install_fp8_cast(ops)
+        return ops.manual_cast
 
     def manage(self, module: torch.nn.Module, info: dict | None = None) -> ManagedModel:
         patcher_mod = importlib.import_module("comfy.model_patcher")
@@ -267,6 +276,14 @@ class ComfyHost(TorchHost):
             return "flash"
         args = getattr(importlib.import_module("comfy.cli_args"), "args", None)
         return "sdpa" if getattr(args, "use_pytorch_cross_attention", False) else None
+
+    def fused_rope(self) -> Any:
+        """comfy-kitchen's ``apply_rope1`` as ComfyUI configured it (``comfy.quant_ops.ck``), if present:
+        native Wan's RoPE kernel, one pass over q or k instead of four."""
+        try:
+            return importlib.import_module("comfy.quant_ops").ck.apply_rope1
+        except Exception:  # an older ComfyUI without comfy-kitchen
+            return None
 
     def is_interrupt(self, exc: BaseException) -> bool:
         return isinstance(exc, self.mm.InterruptProcessingException)

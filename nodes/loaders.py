@@ -149,6 +149,7 @@ class InfiniteTalkModelLoader:
         from ..infinitetalk_core.model.compile import compile_blocks
         from ..infinitetalk_core.model.fp8 import set_fp8_compute
         from ..infinitetalk_core.model.loading import load_infinitetalk_model
+        from ..infinitetalk_core.model.rope import set_fused_rope
 
         host = get_host()
         base = _path("diffusion_models", base_model, "Base DiT")
@@ -161,6 +162,7 @@ class InfiniteTalkModelLoader:
         )
         model.attention_backend = attention
         model.attention_preference = host.attention_flag()  # ComfyUI's attention flags, for "auto"
+        set_fused_rope(host.fused_rope(), devices=("cuda",))  # its CPU fallback is slower than ours
         if fp8_weights == "keep" and host.fp8_matmul_flag():  # W8A8 on GPUs that can (sm 8.9+)
             set_fp8_compute(model, "auto")
         compile_blocks(model, compile)  # weights stay graph inputs: LoRA patches and offload still apply

@@ -16,8 +16,15 @@ per output row). Two ways to use it, chosen by the loader's ``fp8_mode``:
     weight (``weight.t()``: the [out, in] row-major bytes viewed as the column-major [in, out] operand,
     no copy) and its scale, accumulated in fp32 and written in the activation dtype with the bias
     fused. No dequantised weight is ever built. The cost is the activation's rounding to 3 mantissa
-    bits: ~2.5-3 % relative (Frobenius) output error against the dequantize path on Gaussian
-    activations (``bench/fp8_error.py``), the same trade ComfyUI makes with ``--fast fp8_matrix_mult``.
+    bits: 2.6-2.7 % relative (Frobenius) output error against the dequantize path on the 14B block
+    shapes (``bench/fp8_error.py``), the same trade ComfyUI makes with ``--fast fp8_matrix_mult``. That
+    figure is a floor for any one-pass e4m3 activation: a float format's relative rounding error does
+    not depend on the scale, so per-token scales, smoothing (with power-of-two factors, which leave the
+    fp8 weight exact) or rotations cannot lower it, and smoothing / rotating with a re-quantised weight
+    adds the weight's own rounding (~3.8 %). Below 2 % needs a second GEMM on the activation's residual
+    (x = e4m3(x) + e4m3(rest): 0.35 %, but twice the fp8 work, i.e. the bf16 GEMM's time; splitting
+    only the half of the tokens with the largest residual gives 1.9 % overall at 0.75x, while the other
+    tokens keep their 2.8 %).
   - ``"auto"``: ``"fp8"`` where it is known to pay off and work: CUDA (not ROCm) with compute
     capability >= 8.9 and bf16/fp16 activations; everywhere else ``"dequantize"``. CPU ``_scaled_mm``
     works in torch 2.13 (the tests use it through ``"fp8"``) but its speed depends on the CPU.
@@ -25,12 +32,33 @@ per output row). Two ways to use it, chosen by the loader's ``fp8_mode``:
   A call takes the fp8 path only when all of these hold, else it silently uses the dequantize path:
   weight float8_e4m3fn (e5m2 falls back), 2-D and contiguous; scale per tensor (0-d or [1]) or absent
   (a per-row scale falls back); in and out features divisible by 16 (``_scaled_mm``'s rule); no host
-  ``weight_function`` patches (ComfyUI low-VRAM LoRA: they need the stored values); a non-empty input;
+  ``weight_function`` patches (ComfyUI low-VRAM LoRA: they need the stored values in float) and the
+  weight the host hands back still fp8; a non-empty input;
   bf16/fp16 activations, or fp32 with ``"fp8"`` (then fp32 output, bias added after the GEMM; ``"auto"``
   keeps fp32 on the dequantize path because whoever runs in fp32 asked for precision). Under ``"auto"``
   a ``_scaled_mm`` error (an unsupported device / dtype / scaling combination, e.g. per-token scales
   with fp16 output on CUDA) is remembered for that combination and the call falls back; under ``"fp8"``
   it is raised.
+
+Where the weight comes from. Without a host hook the layer moves its fp8 bytes to the input's device
+itself (``weight.to(x.device)``). A host that streams layers (ComfyUI's partial / low-VRAM loads, offload
+streams, use-time LoRA patches) registers a casting function for its layer base class with
+``set_weight_cast(base, cast)``; every fp8-holding layer that is a ``base`` then gets its weight and bias
+from ``cast(module, x, weight_dtype, bias_dtype, keep_fp8) -> (weight, bias, release)``:
+
+- ``weight_dtype`` is the stored fp8 dtype itself, so the host moves the fp8 bytes (no dequantised copy
+  is made by anyone); when the layer carries host ``weight_function`` patches it is float32 instead (the
+  patches add to the stored values ``W / scale``, which needs a float tensor) and the call dequantises.
+- ``keep_fp8`` tells the host the call will run on the fp8 path: a host that patches weights by itself at
+  cast time may hand back the patched weight re-quantised to fp8 (ComfyUI's ``want_requant``); otherwise
+  it may return float raw values, which the layer dequantises (scale applied) like any patched weight.
+- ``bias_dtype`` is the activation dtype; the bias comes back patched. ``release`` (or None) is called
+  after the last use of the weight and bias (ComfyUI's ``uncast_bias_weight``: the offload stream may
+  reuse the buffer).
+
+The core never imports the host: ``nodes/host.py`` installs ComfyUI's ``comfy.ops.cast_bias_weight``.
+The weight scale is a buffer the host does not move for an offloaded layer; the layer keeps one copy of
+it per device (4 bytes) so such a call does not block on a host-to-device copy.
 
 How a host chooses: ``fp8_operations(ops, compute="auto", activation_scale="token")`` before building
 the model, or on a built / loaded model ``set_fp8_compute(model, "fp8", activation_scale="tensor")``
@@ -41,6 +69,8 @@ Dequantisation multiplies in float32 and rounds once to the target dtype (fp8 ->
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +87,35 @@ E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 _SCALED_MM_MULTIPLE = 16  # _scaled_mm: in and out features divisible by 16
 _FP8_OUT_DTYPES = (torch.bfloat16, torch.float16)
 _failed_combos: set[tuple] = set()  # (device, out dtype, activation scale) where "auto" saw _scaled_mm fail
+
+
+WeightCast = Callable[
+    [torch.nn.Module, torch.Tensor, torch.dtype, torch.dtype, bool],
+    tuple[torch.Tensor, "torch.Tensor | None", "Callable[[], None] | None"],
+]
+_weight_casts: dict[type, WeightCast] = {}  # layer base class -> the host's casting function
+
+
+def set_weight_cast(layer_base: type, cast: WeightCast | None) -> None:
+    """Route the weight and bias of every fp8-holding ScaledFp8Linear that is a ``layer_base`` through
+    ``cast`` (None removes it). A host calls this for its own layer classes (see the module docstring)."""
+    if cast is None:
+        _weight_casts.pop(layer_base, None)
+    else:
+        _weight_casts[layer_base] = cast
+
+
+def weight_cast_for_base(layer_base: type) -> WeightCast | None:
+    """The casting function registered for exactly ``layer_base`` (None: none)."""
+    return _weight_casts.get(layer_base)
+
+
+def weight_cast_for(module: torch.nn.Module) -> WeightCast | None:
+    """The casting function registered for ``module``'s class (the first matching base), or None."""
+    for base, cast in _weight_casts.items():
+        if isinstance(module, base):
+            return cast
+    return None
 
 
 def is_fp8(t: torch.Tensor) -> bool:
@@ -170,6 +229,56 @@ def fp8_eligible(
     )
 
 
+def _own_cast(module: torch.nn.Module, x: torch.Tensor, host_fns: bool):
+    """No host casting hook: the fp8 bytes travel to ``x``'s device as they are (half of bf16).
+
+    Host ``weight_function`` patches (if any: a host without a hook) get the stored values in float32.
+    """
+    weight = module.weight.to(x.device, non_blocking=True)
+    if host_fns:
+        weight = weight.to(torch.float32)
+        for fn in module.weight_function:
+            weight = fn(weight)
+    bias = None if module.bias is None else module.bias.to(device=x.device, dtype=x.dtype)
+    for fn in getattr(module, "bias_function", ()) if bias is not None else ():
+        bias = fn(bias)
+    return weight, bias, None
+
+
+def _device_scale(module: torch.nn.Module, device: torch.device) -> torch.Tensor | None:
+    """``scale_weight`` on ``device``; a copy is kept per device so an offloaded layer (its buffers left on
+    the CPU by a host's partial load) does not pay a blocking host-to-device copy at every call."""
+    scale = module.scale_weight
+    if scale is None or scale.device == device:
+        return scale
+    cached = module.__dict__.get("_fp8_scale_copy")
+    if cached is not None and cached[0] is scale and cached[1].device == device:
+        return cached[1]
+    copy = scale.to(device=device, dtype=torch.float32)
+    module.__dict__["_fp8_scale_copy"] = (scale, copy)
+    return copy
+
+
+def _scaled_forward(
+    module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """One call of a ScaledFp8Linear once its weight and bias are on ``x``'s device.
+
+    ``weight`` is the stored fp8 bytes, or float raw values (``W / scale``) a host patched; bias in
+    ``x.dtype``, patched. fp8 GEMM where eligible, else dequantise-then-F.linear.
+    """
+    scale = _device_scale(module, x.device)
+    compute, act_scale = module.fp8_compute, module.fp8_activation_scale
+    if is_fp8(weight) and fp8_eligible(x, weight, scale, compute, act_scale):
+        try:
+            return fp8_linear(x, weight, scale, bias, act_scale)
+        except RuntimeError:
+            if compute == "fp8":
+                raise
+            _failed_combos.add((str(x.device), x.dtype, act_scale))  # "auto": never try again
+    return F.linear(x, dequantize_fp8(weight, scale, x.dtype), bias)
+
+
 def _scaled_linear_class(base: type, compute: str, activation_scale: str) -> type:
     class ScaledFp8Linear(base):
         """``base`` Linear whose weight may be fp8 with a ``scale_weight`` buffer (not in the state dict).
@@ -188,26 +297,21 @@ def _scaled_linear_class(base: type, compute: str, activation_scale: str) -> typ
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if not is_fp8(self.weight):
                 return super().forward(x)
-            # the weight may live on the offload device; bring the fp8 bytes (half of bf16) over first
-            weight = self.weight.to(x.device, non_blocking=True)
-            weight_fns, bias_fns = getattr(self, "weight_function", ()), getattr(self, "bias_function", ())
-            bias = None if self.bias is None else self.bias.to(device=x.device, dtype=x.dtype)
-            for fn in bias_fns if bias is not None else ():
-                bias = fn(bias)
-            compute, act_scale = self.fp8_compute, self.fp8_activation_scale
-            if not weight_fns and fp8_eligible(x, weight, self.scale_weight, compute, act_scale):
-                try:
-                    return fp8_linear(x, weight, self.scale_weight, bias, act_scale)
-                except RuntimeError:
-                    if compute == "fp8":
-                        raise
-                    _failed_combos.add((str(x.device), x.dtype, act_scale))  # "auto": never try again
-            if weight_fns:  # a host's per-use weight patches (ComfyUI low-VRAM LoRA), on the stored values
-                weight = weight.to(torch.float32)
-                for fn in weight_fns:
-                    weight = fn(weight)
-            weight = dequantize_fp8(weight, self.scale_weight, x.dtype)
-            return F.linear(x, weight, bias)
+            host_fns = bool(getattr(self, "weight_function", ()))
+            cast = weight_cast_for(self)
+            if cast is None:
+                weight, bias, release = _own_cast(self, x, host_fns)
+            else:  # the host's casting path: fp8 bytes (or float32 raw values when it patches them)
+                keep = not host_fns and fp8_eligible(
+                    x, self.weight, self.scale_weight, self.fp8_compute, self.fp8_activation_scale
+                )
+                weight_dtype = torch.float32 if host_fns else self.weight.dtype
+                weight, bias, release = cast(self, x, weight_dtype, x.dtype, keep)
+            try:
+                return _scaled_forward(self, x, weight, bias)
+            finally:
+                if release is not None:
+                    release()
 
     ScaledFp8Linear.__name__ = f"ScaledFp8{base.__name__}"
     return ScaledFp8Linear
