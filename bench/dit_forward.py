@@ -7,6 +7,8 @@ Usage (from the repository root):
     python3 bench/dit_forward.py --preset 14b --attention flash --speakers 2 --batch 3
     python3 bench/dit_forward.py --preset tiny --height 256 --width 256 --frames 33 --repeats 5
     python3 bench/dit_forward.py --count-bytes            # non-matmul bytes per token·dim per block (meta)
+    COMFYUI_DIR=~/ComfyUI python3 bench/dit_forward.py --vs-native --dim 1024 --layers 6 --frames 21 \
+        --threads 2 --dtype bfloat16 --compile blocks     # ours vs ComfyUI's WanModel (bench/native_forward.py)
 
 The 14b preset builds the full config with random weights directly on the GPU (no 14B allocation on the
 CPU) and also times a plain bf16 matmul in the same run, printing the forward's share of that ceiling.
@@ -19,6 +21,7 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import statistics
 import sys
@@ -68,8 +71,8 @@ def forward_flops(
         per_token += 2 * d * d  # audio q_linear + proj
         tokens = cfg.audio.context_tokens * speakers
         parts["audio"] = (4 * n * tokens * d + 2 * frames * tokens * cfg.audio.output_dim * 2 * d) * layers
-        if speakers == 2:  # x_ref_attn_map: q·k_ref over the first frame's tokens, all heads
-            parts["routing"] = 2 * n * (grid[1] * grid[2]) * d * layers
+        if speakers == 2:  # x_ref_attn_map: one attention over the first frame's keys (V padded to D)
+            parts["routing"] = 4 * n * (grid[1] * grid[2]) * d * layers
     parts["linear"] = 2 * n * per_token * layers
     parts = {k: v * batch for k, v in parts.items()}
     parts["total"] = sum(parts.values())
@@ -156,6 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--count-bytes", action="store_true",
                    help="count the non-matmul bytes of one 14B block at 480x832x81 in bf16 (bench/byte_counter.py); "
                         "with COMFYUI_DIR also ComfyUI's native WanModel")
+    p.add_argument("--vs-native", action="store_true",
+                   help="CPU forward time ours / ComfyUI's native WanModel on the same weights and inputs "
+                        "(needs COMFYUI_DIR; audio-free config from --dim/--layers/--heads; --compile blocks "
+                        "adds both models with compiled blocks); bench/native_forward.py")
+    p.add_argument("--dim", type=int, default=1024, help="--vs-native: model width (ffn 4x)")
+    p.add_argument("--layers", type=int, default=6, help="--vs-native: blocks")
+    p.add_argument("--heads", type=int, default=8, help="--vs-native: attention heads")
     return p.parse_args(argv)
 
 
@@ -202,10 +212,16 @@ def print_byte_counts() -> None:
 
     cfg, height, width, frames = DiTConfig(), 480, 832, 81
     mine = byte_counter.ours(cfg, random_inputs, height, width, frames)
+    hosted = byte_counter.ours_with_host_rope(cfg, random_inputs, height, width, frames)
+    plain = byte_counter.ours_with_host_rope(dataclasses.replace(cfg, audio=None), random_inputs, height, width, frames)
     theirs = byte_counter.native(cfg, height, width, frames)
     print("| model (bf16, 14B width, 480×832×81, eager) | bytes per token·dim per block | largest ops |")
     print("|---|---|---|")
-    for name, result in (("ours (InfiniteTalkDiT, audio included)", mine), ("ComfyUI native WanModel", theirs)):
+    rows = (("ours (InfiniteTalkDiT, audio included)", mine),
+            ("ours inside ComfyUI (comfy-kitchen RoPE)", hosted),
+            ("ours inside ComfyUI, no audio layers (native's config)", plain),
+            ("ComfyUI native WanModel", theirs))
+    for name, result in rows:
         if isinstance(result, str):
             print(f"| {name} | – | {result} |")
             continue
@@ -214,8 +230,28 @@ def print_byte_counts() -> None:
         print(f"| {name} | {total:.1f} | {top} |")
 
 
+def vs_native(a: argparse.Namespace) -> None:
+    """--vs-native: bench/native_forward.py's comparison, printed as markdown."""
+    import os
+
+    import native_forward
+
+    if not os.environ.get("COMFYUI_DIR"):
+        sys.exit("--vs-native needs COMFYUI_DIR set to a ComfyUI checkout (its comfy/ldm/wan/model.py is the "
+                 "native WanModel compared against); it is unset.")
+    if a.preset != "tiny" or (a.device or "cpu") != "cpu":
+        sys.exit("--vs-native runs on the CPU with its own config (--dim/--layers/--heads); drop --preset/--device.")
+    cfg = native_forward.bench_config(a.dim, a.layers, a.heads)
+    result = native_forward.compare(
+        cfg, a.height or 128, a.width or 128, a.frames or 21, getattr(torch, a.dtype or "float32"), a.threads,
+        a.warmup, a.repeats, compile=a.compile == "blocks")
+    print(native_forward.markdown(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
+    if a.vs_native:
+        return vs_native(a)
     if a.count_bytes:
         return print_byte_counts()
     if a.estimate_h100:

@@ -123,3 +123,17 @@ def test_rope_tables_are_built_once_per_size(golden_model, monkeypatch):
     for _ in range(3):
         _forward(model, fixture, torch.float32)
     assert len(built) == 1
+
+
+def test_blocks_get_a_contiguous_token_stream(golden_model):
+    """A transposed stream would make every block's norms copy it and its adds run strided."""
+    model, fixture = golden_model
+    seen = []
+    handles = [b.register_forward_pre_hook(lambda _, args: seen.append(args[0].is_contiguous()))
+               for b in model.blocks]
+    try:
+        _forward(model, fixture, torch.float32)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen and all(seen)
