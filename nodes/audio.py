@@ -14,9 +14,12 @@ MULTI_MODES = ("para", "add")
 class AudioFeatures:
     """What flows on an INFINITETALK_AUDIO_FEATURES socket.
 
-    ``features``: per speaker [N, layers, width] at 25 fps (N = ``num_frames``); ``mix``: the combined
+    ``features``: per speaker [N, layers, width] at 25 fps (N = ``num_frames``), bfloat16 from Audio
+    Encode (1.66 GB per speaker-hour; the sampler upcasts each chunk's windows); ``mix``: the combined
     track as a ComfyUI AUDIO dict (what Video Combine should mux); ``boxes``: optional per-speaker
-    (top, left, bottom, right) boxes in source pixels (from the masks), else automatic halves.
+    (top, left, bottom, right) boxes in source pixels (from the masks), else automatic halves;
+    ``fingerprint``: the speakers' feature digests joined by "|" (of their float32 values, see
+    ``encode_stored_features``: job folders made when the features were float32 keep matching).
     """
 
     features: list[torch.Tensor]
@@ -80,15 +83,17 @@ class InfiniteTalkAudioEncode:
     @coded_errors("encoding the audio")
     def encode(self, wav2vec, audio, normalize_loudness, audio_2=None, multi_mode="para",
                mask_1=None, mask_2=None):
-        from ..infinitetalk_core.audio import encode_audio_features
+        from ..infinitetalk_core.audio import encode_stored_features
 
         boxes = speaker_boxes(audio_2 is not None, mask_1, mask_2)  # checked before any encoding
         tracks, mix = speaker_tracks(audio, audio_2, multi_mode, normalize_loudness)
-        features = [encode_audio_features(wav2vec.encoder, t) for t in tracks]
-        frames = int(features[0].shape[0])
-        from ..infinitetalk_core.stream.host import tensor_digest
-
-        feats = AudioFeatures(features, frames, mix, boxes, "|".join(tensor_digest(f) for f in features),
+        stored = []
+        for i in range(len(tracks)):
+            stored.append(encode_stored_features(wav2vec.encoder, tracks[i]))
+            tracks[i] = None  # the 16 kHz copy (230 MB per hour) is not needed past its encoding
+        frames = int(stored[0].features.shape[0])
+        digests = "|".join(s.digest for s in stored)
+        feats = AudioFeatures([s.features for s in stored], frames, mix, boxes, digests,
                               None if boxes is None else tuple(mask_1.shape[-2:]))
         return (feats, mix, frames, frames / 25.0)
 

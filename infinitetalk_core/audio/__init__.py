@@ -34,6 +34,9 @@ Public API
     wav2vec2_from_config(config=None, device="cpu", dtype=torch.float32, seed=0) -> random-init encoder
     encode_audio_features(encoder, waveform, sample_rate=16000, segment_seconds=40.0,
                           context_seconds=5.0, out_dtype=torch.float32) -> Tensor [T, L, C] (CPU)
+    encode_stored_features(encoder, waveform, ..., dtype=STORED_DTYPE) -> StoredFeatures(features, digest)
+        (what Audio Encode holds for a whole run: bfloat16, 1.66 GB per hour; digest = tensor_digest of
+        the float32 features, so job fingerprints do not depend on the storage dtype)
     combine_speakers(first, second, mode="para") -> SpeakerTracks(tracks, mix, mode)
     mux_mix(first, first_rate, second, second_rate, mode="para", num_frames=None, fps=25)
         -> MuxTrack(waveform [C, T], sample_rate, offsets, gain)
@@ -49,7 +52,13 @@ Behaviour on unusual input
     than one video frame (40 ms) → AudioInputError. Any input rate (8, 22.05, 44.1, 48 kHz, ...) works.
 """
 from .decode import audio_from_comfy, load_audio_file
-from .features import encode_audio_features, plan_segments
+from .features import (
+    STORED_DTYPE,
+    StoredFeatures,
+    encode_audio_features,
+    encode_stored_features,
+    plan_segments,
+)
 from .loudness import integrated_loudness, normalize_loudness
 from .mux_mix import MuxTrack, mux_mix
 from .prepare import frames_for_samples, prepare_waveform
@@ -65,8 +74,10 @@ from .wav2vec2_loading import (
 from .windows import chunk_audio_windows, window_rows
 
 __all__ = [
+    "STORED_DTYPE",
     "MuxTrack",
     "SpeakerTracks",
+    "StoredFeatures",
     "Wav2Vec2AudioEncoder",
     "audio_from_comfy",
     "build_wav2vec2",
@@ -74,6 +85,7 @@ __all__ = [
     "chunk_audio_windows",
     "combine_speakers",
     "encode_audio_features",
+    "encode_stored_features",
     "frames_for_samples",
     "integrated_loudness",
     "load_audio_file",

@@ -78,7 +78,8 @@ def _build_world(models, pack, tmp_path_factory, nodes, torch, save_file):
     refs, _ = nodes["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0,
                                                                image=hh.reference_image())
     features_file = tmp_path_factory.mktemp("hostile_features") / "features.safetensors"
-    save_file({"speaker_1": feats.features[0].contiguous()}, features_file)
+    save_file({"speaker_1": feats.features[0].contiguous()}, features_file,
+              metadata={"fingerprint": feats.fingerprint})  # Audio Encode's: not a digest of the bf16 rows
     torch.manual_seed(0)
     return World(nodes, model, wav2vec, feats, feats_1, refs, features_file, models)
 

@@ -98,6 +98,7 @@ def run_scenario(cfg: dict, workdir: Path, threads: int = 2) -> dict:
     import resource
 
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     torch.set_num_threads(threads)
@@ -132,7 +133,10 @@ def run_scenario(cfg: dict, workdir: Path, threads: int = 2) -> dict:
     try:
         model = hh.load_model()
         tensors = load_file(cfg["features"])
-        feats = hh.make_features([tensors["speaker_1"]], int(tensors["speaker_1"].shape[0]), hh.speech(1.18))
+        with safe_open(cfg["features"], "pt") as f:
+            fingerprint = (f.metadata() or {}).get("fingerprint")
+        feats = hh.make_features([tensors["speaker_1"]], int(tensors["speaker_1"].shape[0]), hh.speech(1.18),
+                                 fingerprint=fingerprint)
         nodes = hh.load_pack().NODE_CLASS_MAPPINGS
         refs, _ = nodes["InfiniteTalkReferenceSampler"]().describe("chunk_start", "hold", 25.0,
                                                                    image=hh.reference_image())

@@ -244,11 +244,13 @@ def load_model(model_file: str = DIT_FILE, audio_file: str = AUDIO_FILE, **loras
     return model
 
 
-def make_features(features, num_frames: int, mix=None, boxes=None):
+def make_features(features, num_frames: int, mix=None, boxes=None, fingerprint=None):
+    """AudioFeatures of ``features``; ``fingerprint``: Audio Encode's (the digest of the float32 features
+    its bfloat16 ones came from), default the digests of the tensors given."""
     audio = sub("nodes.audio")
     host = sub("infinitetalk_core.stream.host")
     return audio.AudioFeatures(list(features), num_frames, mix, boxes,
-                               "|".join(host.tensor_digest(f) for f in features))
+                               fingerprint or "|".join(host.tensor_digest(f) for f in features))
 
 
 UNSET = object()  # "not given" (None is a hostile value of its own)
